@@ -1,0 +1,75 @@
+"""Build the model, the Lightning module and the DataModule from a composed Hydra config."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mmmed.datamodule import MultimodalDataModule
+from mmmed.lightning_module import MultimodalLitModule
+from mmmed.llm import LoadedLLM
+from mmmed.metrics import AnswerClassifier
+from mmmed.model import MultimodalLM
+from mmmed.prompts import ChatFormatter, Modality
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """Everything a training or evaluation run needs, built from one config."""
+
+    module: MultimodalLitModule
+    datamodule: MultimodalDataModule
+    formatter: ChatFormatter
+    llm: LoadedLLM
+
+
+def build_run(cfg: DictConfig) -> Run:
+    """Instantiate LLM, encoder, adapter, model, Lightning module and DataModule, in that order."""
+    log.info("LLM: %s", cfg.model.llm._target_)
+    llm: LoadedLLM = instantiate(cfg.model.llm)
+    log.info("Encoder (%s): %s", cfg.encoder.modality, cfg.encoder.net._target_)
+    encoder = instantiate(cfg.encoder.net)
+    datamodule: MultimodalDataModule = instantiate(cfg.data)
+    formatter = ChatFormatter(
+        llm.tokenizer,
+        [Modality(cfg.encoder.modality, encoder.num_tokens)],
+        cfg.prompt.system,
+        datamodule.max_length,
+    )
+    datamodule.attach_formatter(formatter)
+    log.info("Adapter: %s", cfg.adapter._target_)
+    model = MultimodalLM(
+        llm.model,
+        {cfg.encoder.modality: encoder},
+        instantiate(cfg.adapter),
+        formatter.placeholder_ids,
+        train_llm=cfg.model.train_llm,
+        train_encoders=cfg.encoder.trainable,
+    )
+    module = MultimodalLitModule(
+        model=model,
+        tokenizer=llm.tokenizer,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        classifier=AnswerClassifier(dict(datamodule.answer_classes)),
+        max_new_tokens=datamodule.max_new_tokens,
+        num_logged_samples=cfg.evaluation.num_logged_samples,
+        run_config=OmegaConf.to_container(cfg, resolve=True),
+        llm_identity=llm.identity,
+    )
+    return Run(module, datamodule, formatter, llm)
+
+
+def parameter_counts(model: MultimodalLM) -> dict[str, int]:
+    """Total, trainable and frozen parameters, plus the trainable count per part."""
+    counts = {"params/total": sum(p.numel() for p in model.parameters())}
+    counts["params/trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    counts["params/frozen"] = counts["params/total"] - counts["params/trainable"]
+    for part in ("llm", "encoders", "adapters"):
+        counts[f"params/{part}_trainable"] = sum(p.numel() for p in getattr(model, part).parameters() if p.requires_grad)
+    return counts

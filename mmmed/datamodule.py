@@ -1,0 +1,90 @@
+"""One DataModule for every data source: datasets come from config, batches from MultimodalCollator."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset
+
+from mmmed.collate import MultimodalCollator
+from mmmed.prompts import ChatFormatter
+
+
+class MultimodalDataModule(L.LightningDataModule):
+    """Builds train/val/test datasets from one dataset partial and batches them for a ChatFormatter.
+
+    Args:
+        root: the data set's folder (the dataset config interpolates it).
+        dataset: partial dataset class holding every setting the splits share.
+        splits: ``{"train": {...}, "val": {...}, "test": {...}}``: the keyword arguments that differ.
+        prepare: called once on rank 0 before the datasets are built (e.g. generate demo data), or None.
+        batch_size: training batch size per device.
+        eval_batch_size: batch size for validation/test (generation).
+        num_workers: DataLoader worker processes.
+        max_length: longest token sequence; longer answers are truncated, longer prompts are an error.
+        answer_classes: class -> regular expression naming it in an answer (for accuracy).
+        max_new_tokens: generation budget for an answer when evaluating.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        dataset: Callable[..., Dataset],
+        splits: dict[str, dict],
+        prepare: Callable[[], object] | None,
+        batch_size: int,
+        eval_batch_size: int,
+        num_workers: int,
+        max_length: int,
+        answer_classes: dict[str, str],
+        max_new_tokens: int,
+    ) -> None:
+        super().__init__()
+        self.root = root
+        self.dataset_factory = dataset
+        self.split_kwargs = {name: dict(kwargs) for name, kwargs in splits.items()}
+        self.prepare = prepare
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.max_length = max_length
+        self.answer_classes = answer_classes
+        self.max_new_tokens = max_new_tokens
+        self.formatter: ChatFormatter | None = None
+        self.splits: dict[str, Dataset] = {}
+
+    def attach_formatter(self, formatter: ChatFormatter) -> None:
+        """The formatter depends on the tokenizer and encoders, so the model side provides it."""
+        self.formatter = formatter
+
+    def prepare_data(self) -> None:
+        if self.prepare is not None:
+            self.prepare()
+
+    def setup(self, stage: str | None = None) -> None:
+        for split, kwargs in self.split_kwargs.items():
+            if split not in self.splits:
+                self.splits[split] = self.dataset_factory(**kwargs)
+
+    def _loader(self, split: str, shuffle: bool, batch_size: int, generation_inputs: bool) -> DataLoader:
+        if self.formatter is None:
+            raise RuntimeError("attach_formatter() must be called before the data loaders are built")
+        return DataLoader(
+            self.splits[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=MultimodalCollator(self.formatter, generation_inputs=generation_inputs),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True, self.batch_size, False)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False, self.eval_batch_size, True)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False, self.eval_batch_size, True)

@@ -1,0 +1,177 @@
+"""Lightning training of a MultimodalLM: loss on answers, validation by generating and scoring answers.
+
+Checkpoints hold only what trains (plus optimizer state and the resolved config); the frozen LLM is
+re-loaded from its source on resume, and its identity is checked against the checkpoint's.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Callable
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import WandbLogger
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import PreTrainedTokenizerBase
+
+from mmmed.metrics import AnswerClassifier
+from mmmed.model import MultimodalLM
+
+log = logging.getLogger(__name__)
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_ratio: float) -> LambdaLR:
+    """Linear warm-up to the base learning rate, then cosine decay to ``min_ratio`` of it."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return LambdaLR(optimizer, factor)
+
+
+class MultimodalLitModule(L.LightningModule):
+    """Trains the trainable parts of a MultimodalLM.
+
+    Args:
+        model: the multimodal model (what trains is decided by its constructor).
+        tokenizer: decodes generated answers.
+        optimizer: partial optimizer taking the trainable parameters.
+        scheduler: partial taking ``optimizer`` and ``total_steps``, or None.
+        classifier: maps an answer to its class for accuracy.
+        max_new_tokens: generation budget when validating.
+        num_logged_samples: generations kept for the W&B table per evaluation.
+        run_config: the resolved run configuration, stored in every checkpoint.
+        llm_identity: what identifies the LLM (name and source), checked on resume.
+    """
+
+    def __init__(
+        self,
+        model: MultimodalLM,
+        tokenizer: PreTrainedTokenizerBase,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None,
+        classifier: AnswerClassifier,
+        max_new_tokens: int,
+        num_logged_samples: int,
+        run_config: dict | None = None,
+        llm_identity: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.classifier = classifier
+        self.max_new_tokens = max_new_tokens
+        self.num_logged_samples = num_logged_samples
+        self.run_config = run_config or {}
+        self.llm_identity = llm_identity
+        self._outputs: dict[str, list[dict]] = {"val": [], "test": []}
+        self.final_metrics: dict[str, float] = {}
+
+    # ---- training -------------------------------------------------------------------------
+    def _loss(self, batch: dict) -> tuple[torch.Tensor, int]:
+        return self.model(
+            batch["input_ids"], batch["attention_mask"], batch["position_ids"], batch["labels"], batch["signals"]
+        )
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, _ = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def configure_optimizers(self) -> dict:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- evaluation -----------------------------------------------------------------------
+    def generate_answers(self, batch: dict) -> list[str]:
+        """Greedy answers for a batch's left-padded prompts."""
+        new_tokens = self.model.generate(
+            batch["prompt_input_ids"],
+            batch["prompt_attention_mask"],
+            batch["signals"],
+            max_new_tokens=self.max_new_tokens,
+            do_sample=False,
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    def _eval_step(self, batch: dict, split: str) -> None:
+        loss, _ = self._loss(batch)
+        self.log(f"{split}/loss", loss, batch_size=batch["input_ids"].shape[0], sync_dist=True)
+        answers = self.generate_answers(batch)
+        for i, answer in enumerate(answers):
+            self._outputs[split].append(
+                {
+                    "id": batch["ids"][i],
+                    "question": batch["questions"][i],
+                    "reference": batch["references"][i],
+                    "answer": answer,
+                    "reference_label": batch["reference_labels"][i],
+                    "predicted_label": self.classifier(answer),
+                }
+            )
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _eval_epoch_end(self, split: str) -> None:
+        outputs, self._outputs[split] = self._outputs[split], []
+        if not outputs:
+            return
+        accuracy, scored = self.classifier.accuracy([o["answer"] for o in outputs], [o["reference_label"] for o in outputs])
+        self.log(f"{split}/accuracy", accuracy, prog_bar=True, batch_size=max(scored, 1))
+        self.final_metrics.update({f"{split}/accuracy": accuracy, f"{split}/num_scored": scored})
+        self.last_generations = outputs
+        if not self.trainer.sanity_checking:
+            for o in outputs[:3]:
+                log.info("%s %s | ref: %s | answer: %s", split, o["id"], o["reference"], o["answer"])
+        for logger in self.loggers:
+            if isinstance(logger, WandbLogger):
+                rows = [[self.global_step, o["id"], o["question"], o["reference"], o["answer"]] for o in outputs[: self.num_logged_samples]]
+                logger.log_table(f"{split}/generations", columns=["step", "id", "question", "reference", "answer"], data=rows)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    def _trainable_keys(self) -> set[str]:
+        return {f"model.{k}" for k in self.model.trainable_state_dict()}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep only trained weights; store the config and the LLM's identity."""
+        keep = self._trainable_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["mmmed_config"] = self.run_config
+        checkpoint["mmmed_llm"] = self.llm_identity
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Check the checkpoint matches this model, then fill in the frozen weights from the live model."""
+        saved = set(checkpoint["state_dict"])
+        expected = self._trainable_keys()
+        if saved != expected:
+            raise ValueError(
+                f"Checkpoint's trained weights do not match this model: missing {sorted(expected - saved)[:5]}, "
+                f"unexpected {sorted(saved - expected)[:5]}"
+            )
+        if checkpoint.get("mmmed_llm") != self.llm_identity:
+            raise ValueError(f"Checkpoint was trained with LLM {checkpoint.get('mmmed_llm')!r}, this run loads {self.llm_identity!r}")
+        frozen = {k: v for k, v in self.state_dict().items() if k not in expected}
+        checkpoint["state_dict"] = {**frozen, **checkpoint["state_dict"]}

@@ -1,0 +1,131 @@
+"""The multimodal model: modality encoders -> projection adapters -> a (usually frozen) causal LLM.
+
+Encoder tokens are spliced into the token embeddings at placeholder positions with one
+``masked_scatter`` per modality: no per-sample Python loop, shapes fixed by the batch, so the same
+code serves packing, a KV cache and ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+
+from mmmed.prompts import IGNORE_INDEX
+
+
+class MultimodalLM(nn.Module):
+    """A causal LLM that reads signals through per-modality encoders and adapters.
+
+    Args:
+        llm: the causal language model.
+        encoders: one encoder per modality; each exposes ``out_dim`` and ``num_tokens``.
+        adapter_factory: builds an adapter from ``in_dim`` and ``out_dim``, derived here.
+        placeholder_ids: token id of each modality's placeholder.
+        train_llm: whether the LLM's weights train (False: frozen, no weight gradients, eval mode).
+        train_encoders: whether the encoders' weights train.
+    """
+
+    def __init__(
+        self,
+        llm: PreTrainedModel,
+        encoders: dict[str, nn.Module],
+        adapter_factory: Callable[..., nn.Module],
+        placeholder_ids: dict[str, int],
+        train_llm: bool = False,
+        train_encoders: bool = True,
+    ) -> None:
+        super().__init__()
+        if set(encoders) != set(placeholder_ids):
+            raise ValueError(f"Encoders {sorted(encoders)} and placeholders {sorted(placeholder_ids)} differ")
+        self.llm = llm
+        self.encoders = nn.ModuleDict(encoders)
+        hidden = llm.get_input_embeddings().embedding_dim
+        self.adapters = nn.ModuleDict(
+            {name: adapter_factory(in_dim=enc.out_dim, out_dim=hidden) for name, enc in encoders.items()}
+        )
+        self.placeholder_ids = dict(placeholder_ids)
+        self.train_llm = train_llm
+        self.train_encoders = train_encoders
+        self.llm.requires_grad_(train_llm)
+        self.encoders.requires_grad_(train_encoders)
+        self.adapters.requires_grad_(True)
+        self.train()
+
+    def train(self, mode: bool = True) -> "MultimodalLM":
+        """Like ``nn.Module.train``, but frozen parts stay in eval mode (no dropout, fixed norms)."""
+        super().train(mode)
+        if not self.train_llm:
+            self.llm.eval()
+        if not self.train_encoders:
+            self.encoders.eval()
+        return self
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights that train (and buffers of trained modules): what a checkpoint must hold."""
+        keep = ["adapters."] + (["encoders."] if self.train_encoders else []) + (["llm."] if self.train_llm else [])
+        return {k: v for k, v in self.state_dict().items() if k.startswith(tuple(keep))}
+
+    def embed(self, input_ids: torch.Tensor, signals: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Token embeddings with each modality's adapter output scattered into its placeholders. (B, L, D)"""
+        embed_layer = self.llm.get_input_embeddings()
+        is_placeholder = torch.zeros_like(input_ids, dtype=torch.bool)
+        for pid in self.placeholder_ids.values():
+            is_placeholder |= input_ids == pid
+        # Placeholder ids may lie beyond the LLM's vocabulary; look up id 0 there, then overwrite.
+        embeds = embed_layer(input_ids.masked_fill(is_placeholder, 0))  # (B, L, D)
+        for name, pid in self.placeholder_ids.items():
+            mask = input_ids == pid  # (B, L)
+            signal = signals.get(name)
+            if signal is None:
+                if mask.any():
+                    raise ValueError(f"Batch has {name} placeholders but no {name} signals")
+                continue
+            tokens = self.adapters[name](self.encoders[name](signal))  # (M, N, D)
+            if mask.sum() != tokens.shape[0] * tokens.shape[1]:
+                raise ValueError(
+                    f"{name}: {int(mask.sum())} placeholder tokens in the batch but {tokens.shape[0]} signals x "
+                    f"{tokens.shape[1]} tokens from the encoder"
+                )
+            embeds = embeds.masked_scatter(mask.unsqueeze(-1), tokens.to(embeds.dtype))
+        return embeds
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        labels: torch.Tensor,
+        signals: dict[str, torch.Tensor],
+    ) -> tuple[torch.Tensor, int]:
+        """Mean cross-entropy over answer tokens; returns ``(loss, number of answer tokens)``."""
+        embeds = self.embed(input_ids, signals)
+        targets = labels[:, 1:]  # (B, L-1): the token each position predicts
+        # The LM head runs only where some sample has a target: a big saving with a 49k vocabulary.
+        keep = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(1)  # (K,)
+        out = self.llm(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            logits_to_keep=keep,
+            use_cache=False,
+        )
+        logits = out.logits.float()  # (B, K, V)
+        kept_targets = targets[:, keep]  # (B, K)
+        loss = F.cross_entropy(logits.flatten(0, 1), kept_targets.flatten(), ignore_index=IGNORE_INDEX)
+        return loss, int((kept_targets != IGNORE_INDEX).sum())
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt_input_ids: torch.Tensor,
+        prompt_attention_mask: torch.Tensor,
+        signals: dict[str, torch.Tensor],
+        **generate_kwargs,
+    ) -> torch.Tensor:
+        """Continue left-padded prompts; returns only the new token ids. (B, new)"""
+        embeds = self.embed(prompt_input_ids, signals)
+        return self.llm.generate(inputs_embeds=embeds, attention_mask=prompt_attention_mask, **generate_kwargs)

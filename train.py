@@ -1,0 +1,84 @@
+"""Train a multimodal medical LLM adapter: ``python train.py encoder=ecg`` (see conf/train.yaml)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import save_file
+
+from mmmed.build import build_run, parameter_counts
+
+log = logging.getLogger("mmmed.train")
+
+
+def _instantiate_group(group: DictConfig | None) -> list:
+    """Instantiate every ``_target_`` entry of a config group (callbacks, loggers)."""
+    if not group:
+        return []
+    return [instantiate(entry) for entry in group.values() if entry is not None and "_target_" in entry]
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fit, test the best weights, and write metrics.json and trainable.safetensors; returns the metrics."""
+    out_dir = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    run = build_run(cfg)
+    callbacks = _instantiate_group(cfg.get("callbacks"))
+    loggers = _instantiate_group(cfg.get("logger"))
+    log.info("Trainer: %s", cfg.trainer._target_)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    counts = parameter_counts(run.module.model)
+    log.info("Parameters: %s", ", ".join(f"{k.split('/')[1]}={v:,}" for k, v in counts.items()))
+    for logger in loggers:
+        logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), **counts})
+
+    started = time.perf_counter()
+    trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    metrics["train_seconds"] = round(time.perf_counter() - started, 1)
+
+    best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
+    if cfg.get("test_after_fit"):
+        trainer.test(run.module, datamodule=run.datamodule, ckpt_path=best or None)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+    metrics.update(counts)
+
+    if trainer.is_global_zero:
+        ckpt_dir = out_dir / "checkpoints"
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        weights = ckpt_dir / "trainable.safetensors"
+        state = {k: v.detach().cpu().contiguous() for k, v in run.module.model.trainable_state_dict().items()}
+        save_file(state, weights, metadata={"llm": run.llm.identity, "from_checkpoint": str(best)})
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        print(f"\nmetrics      {out_dir / 'metrics.json'}")
+        print(f"checkpoint   {best or ckpt_dir / 'last.ckpt'}")
+        print(f"weights      {weights}")
+        for key in ("val/accuracy", "test/accuracy"):
+            if key in metrics:
+                print(f"{key:<12} {metrics[key]:.3f}")
+    return metrics
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns validation accuracy for sweepers."""
+    try:
+        metrics = train(cfg)
+    finally:
+        import wandb  # a crashed run must still close its W&B files
+
+        if wandb.run is not None:
+            wandb.finish()
+    return metrics.get("val/accuracy")
+
+
+if __name__ == "__main__":
+    main()
