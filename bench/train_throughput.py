@@ -11,6 +11,7 @@ same process. A benchmark, not a test: run it on an otherwise idle machine.
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import tempfile
 import time
@@ -96,6 +97,7 @@ def main() -> None:
     print(f"achieved         {achieved / 1e9:.1f} GFLOP/s")
     print(f"matmul peak      {peak / 1e9:.1f} GFLOP/s ({str(llm_dtype).replace('torch.', '')}), {peak_fp32 / 1e9:.1f} GFLOP/s (float32)")
     print(f"ratio to peak    {achieved / peak:.1%}")
+    print(f"peak RSS         {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2:.2f} GB (whole process)")
 
 
 if __name__ == "__main__":

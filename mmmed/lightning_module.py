@@ -72,7 +72,6 @@ class MultimodalLitModule(L.LightningModule):
         self.run_config = run_config or {}
         self.llm_identity = llm_identity
         self._outputs: dict[str, list[dict]] = {"val": [], "test": []}
-        self.final_metrics: dict[str, float] = {}
 
     # ---- training -------------------------------------------------------------------------
     def _loss(self, batch: dict) -> tuple[torch.Tensor, int]:
@@ -135,8 +134,7 @@ class MultimodalLitModule(L.LightningModule):
             return
         accuracy, scored = self.classifier.accuracy([o["answer"] for o in outputs], [o["reference_label"] for o in outputs])
         self.log(f"{split}/accuracy", accuracy, prog_bar=True, batch_size=max(scored, 1))
-        self.final_metrics.update({f"{split}/accuracy": accuracy, f"{split}/num_scored": scored})
-        self.last_generations = outputs
+        self.log(f"{split}/num_scored", float(scored), batch_size=1)
         if not self.trainer.sanity_checking:
             for o in outputs[:3]:
                 log.info("%s %s | ref: %s | answer: %s", split, o["id"], o["reference"], o["answer"])

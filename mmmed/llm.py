@@ -168,7 +168,7 @@ def random_llm(tokenizer_from: dict, hidden_size: int, num_layers: int, num_head
 
     tokenizer = load_tokenizer(resolve_checkpoint(**tokenizer_from))
     config = LlamaConfig(
-        vocab_size=len(tokenizer) if tokenizer.vocab_size is None else tokenizer.vocab_size,
+        vocab_size=tokenizer.vocab_size,
         hidden_size=hidden_size,
         intermediate_size=hidden_size * 2,
         num_hidden_layers=num_layers,
