@@ -61,9 +61,13 @@ def train(cfg: DictConfig) -> dict:
         state = {k: v.detach().cpu().contiguous() for k, v in run.module.model.trainable_state_dict().items()}
         save_file(state, weights, metadata={"llm": run.llm.identity, "from_checkpoint": str(best)})
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        for split, rows in run.module.generations.items():
+            with (out_dir / f"generations_{split}.jsonl").open("w") as handle:
+                handle.writelines(json.dumps(row) + "\n" for row in rows)
         print(f"\nmetrics      {out_dir / 'metrics.json'}")
         print(f"checkpoint   {best or ckpt_dir / 'last.ckpt'}")
         print(f"weights      {weights}")
+        print(f"answers      {out_dir}/generations_{{val,test}}.jsonl")
         for key in ("val/accuracy", "test/accuracy"):
             if key in metrics:
                 print(f"{key:<12} {metrics[key]:.3f}")

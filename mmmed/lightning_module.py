@@ -72,6 +72,7 @@ class MultimodalLitModule(L.LightningModule):
         self.run_config = run_config or {}
         self.llm_identity = llm_identity
         self._outputs: dict[str, list[dict]] = {"val": [], "test": []}
+        self.generations: dict[str, list[dict]] = {}  # the latest evaluation's answers per split
 
     # ---- training -------------------------------------------------------------------------
     def _loss(self, batch: dict) -> tuple[torch.Tensor, int]:
@@ -135,6 +136,7 @@ class MultimodalLitModule(L.LightningModule):
         accuracy, scored = self.classifier.accuracy([o["answer"] for o in outputs], [o["reference_label"] for o in outputs])
         self.log(f"{split}/accuracy", accuracy, prog_bar=True, batch_size=max(scored, 1))
         self.log(f"{split}/num_scored", float(scored), batch_size=1)
+        self.generations[split] = outputs
         if not self.trainer.sanity_checking:
             for o in outputs[:3]:
                 log.info("%s %s | ref: %s | answer: %s", split, o["id"], o["reference"], o["answer"])

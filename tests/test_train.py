@@ -38,6 +38,8 @@ def test_tiny_run_writes_metrics_small_checkpoints_and_resumes(compose, demo_roo
     run = tmp_path / "run1"
     assert json.loads((run / "metrics.json").read_text()) == pytest.approx(metrics, nan_ok=True)
     assert {"val/accuracy", "test/accuracy", "params/trainable", "params/frozen"} <= set(metrics)
+    answers = [json.loads(line) for line in (run / "generations_test.jsonl").read_text().splitlines()]
+    assert len(answers) == metrics["test/num_scored"] and {"id", "reference", "answer", "predicted_label"} <= set(answers[0])
 
     last = run / "checkpoints" / "last.ckpt"
     ckpt = torch.load(last, map_location="cpu", weights_only=True)  # no pickle of arbitrary objects
@@ -83,12 +85,12 @@ def test_default_logger_is_wandb_offline_with_generations_table(compose, demo_ro
 @pytest.mark.slow
 def test_real_nano_llm_learns_the_demo_task(compose, demo_root, tmp_path):
     """A few steps with the real embedded SmolLM2-135M: the answer loss must fall clearly."""
-    cfg = compose(quick(demo_root, "logger=csv", "trainer.max_steps=16", "trainer.val_check_interval=16", "test_after_fit=false"), tmp_path / "run")
+    cfg = compose(quick(demo_root, "logger=csv", "trainer.max_steps=24", "trainer.val_check_interval=24", "scheduler.warmup_steps=5", "test_after_fit=false"), tmp_path / "run")
     train(cfg)
     import csv
 
     rows = list(csv.DictReader(open(next((tmp_path / "run" / "csv").rglob("metrics.csv")))))
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
-    assert len(losses) == 16
+    assert len(losses) == 24
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert last < 0.6 * first, (first, last)
