@@ -63,27 +63,23 @@ class ChatFormatter:
             tokenizer.add_special_tokens({"additional_special_tokens": new_tokens})
         self.placeholder_ids = {m.name: tokenizer.convert_tokens_to_ids(m.placeholder) for m in modalities}
         self.eos_id = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
+        self._by_tag = {m.tag: m for m in modalities}
         self._tag_pattern = re.compile("|".join(re.escape(m.tag) for m in modalities))
 
     def _expand_tags(self, question: str, signal_counts: dict[str, int]) -> str:
         """Replace each tag by its placeholder run; the tags must match the signals given."""
-        found = {name: 0 for name in self.modalities}
-        for match in self._tag_pattern.finditer(question):
-            found[match.group(0)[1:-1]] += 1
-        for name, modality in self.modalities.items():
-            expected = signal_counts.get(name, 0)
-            if found[name] != expected:
-                raise ValueError(
-                    f"Question has {found[name]} '{modality.tag}' tag(s) but the sample carries {expected} "
-                    f"{name} signal(s): {question!r}"
-                )
         unknown = set(signal_counts) - set(self.modalities)
         if unknown:
             raise ValueError(f"Sample carries signals of unknown modalities {sorted(unknown)}")
-        return self._tag_pattern.sub(
-            lambda m: self.modalities[m.group(0)[1:-1]].placeholder * self.modalities[m.group(0)[1:-1]].num_tokens,
-            question,
-        )
+        tags = self._tag_pattern.findall(question)
+        for name, modality in self.modalities.items():
+            found, expected = tags.count(modality.tag), signal_counts.get(name, 0)
+            if found != expected:
+                raise ValueError(
+                    f"Question has {found} '{modality.tag}' tag(s) but the sample carries {expected} "
+                    f"{name} signal(s): {question!r}"
+                )
+        return self._tag_pattern.sub(lambda m: self._by_tag[m.group(0)].placeholder * self._by_tag[m.group(0)].num_tokens, question)
 
     def _messages(self, user_text: str) -> list[dict[str, str]]:
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
@@ -92,30 +88,31 @@ class ChatFormatter:
     def _tokenize(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def prompt_ids(self, question: str, signal_counts: dict[str, int]) -> list[int]:
-        """Token ids of the templated prompt ending with the assistant header (for generation)."""
-        text = self.tokenizer.apply_chat_template(
-            self._messages(self._expand_tags(question, signal_counts)), tokenize=False, add_generation_prompt=True
-        )
+    def _prompt(self, question: str, signal_counts: dict[str, int]) -> tuple[list[dict[str, str]], str, list[int]]:
+        """Messages, templated text and token ids of the prompt up to the assistant header, checked."""
+        messages = self._messages(self._expand_tags(question, signal_counts))
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         ids = self._tokenize(text)
-        expected = {name: signal_counts.get(name, 0) * m.num_tokens for name, m in self.modalities.items()}
         for name, pid in self.placeholder_ids.items():
-            if ids.count(pid) != expected[name]:
-                raise ValueError(f"Tokenizer split the {name} placeholder: {ids.count(pid)} != {expected[name]}")
+            expected = signal_counts.get(name, 0) * self.modalities[name].num_tokens
+            if ids.count(pid) != expected:
+                raise ValueError(f"Tokenizer split the {name} placeholder: {ids.count(pid)} != {expected}")
         if len(ids) > self.max_length:
             raise ValueError(
                 f"Prompt is {len(ids)} tokens, longer than max_length={self.max_length}; truncating it would "
                 f"cut the question or a signal placeholder. Raise data.max_length or shorten the question."
             )
-        return ids
+        return messages, text, ids
+
+    def prompt_ids(self, question: str, signal_counts: dict[str, int]) -> list[int]:
+        """Token ids of the templated prompt ending with the assistant header (for generation)."""
+        return self._prompt(question, signal_counts)[2]
 
     def encode(self, question: str, answer: str, signal_counts: dict[str, int]) -> EncodedSample:
         """Template a full exchange; only answer tokens (and the end-of-turn token) get labels."""
         if not answer or not answer.strip():
             raise ValueError(f"Empty answer for question {question!r}")
-        prompt = self.prompt_ids(question, signal_counts)
-        messages = self._messages(self._expand_tags(question, signal_counts))
-        prompt_text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        messages, prompt_text, prompt = self._prompt(question, signal_counts)
         full_text = self.tokenizer.apply_chat_template(
             messages + [{"role": "assistant", "content": answer}], tokenize=False
         )

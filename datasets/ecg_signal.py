@@ -1,0 +1,106 @@
+"""Pure functions that bring an ECG as stored into the shape an encoder expects.
+
+Lead selection by name, resampling, crop/pad and NaN handling, each with an explicit policy and
+an error that names the record. The readers (WFDB, DICOM waveforms) call these; nothing here
+touches files.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+from scipy.signal import resample_poly
+
+from mmmed_datasets.wfdb_ecg import CANONICAL_LEADS, ECGRecordError
+
+
+def map_leads(
+    signal: np.ndarray,
+    names: list[str],
+    record: str,
+    leads: tuple[str, ...] = CANONICAL_LEADS,
+    missing: str = "error",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Select ``leads`` by name, case-insensitively, from (C, T); channels not asked for are dropped.
+
+    Returns ``(signal (len(leads), T), present (len(leads),) bool)``. With ``missing="zero"`` an
+    absent lead becomes zeros and ``present`` says so; with ``"error"`` it raises.
+    """
+    if missing not in ("error", "zero"):
+        raise ValueError(f"missing must be 'error' or 'zero', not {missing!r}")
+    if signal.ndim != 2 or signal.shape[0] != len(names):
+        raise ECGRecordError(record, f"signal has shape {signal.shape} but {len(names)} channel names")
+    lowered = [name.strip().lower() for name in names]
+    duplicates = {name for name in lowered if lowered.count(name) > 1 and name in {lead.lower() for lead in leads}}
+    if duplicates:
+        raise ECGRecordError(record, f"lead name(s) {sorted(duplicates)} appear more than once in {names}")
+    out = np.zeros((len(leads), signal.shape[1]), dtype=np.float32)
+    present = np.zeros(len(leads), dtype=bool)
+    for i, lead in enumerate(leads):
+        if lead.lower() in lowered:
+            out[i] = signal[lowered.index(lead.lower())]
+            present[i] = True
+    if missing == "error" and not present.all():
+        absent = [lead for lead, ok in zip(leads, present) if not ok]
+        raise ECGRecordError(record, f"lead(s) {absent} not found among {names}")
+    return out, present
+
+
+def resample(signal: np.ndarray, fs_in: float, fs_out: float) -> np.ndarray:
+    """Polyphase resampling along time, (C, T) -> (C, round(T * fs_out / fs_in)), anti-aliased."""
+    if fs_in <= 0 or fs_out <= 0:
+        raise ValueError(f"sampling rates must be positive, got {fs_in} -> {fs_out}")
+    if fs_in == fs_out:
+        return signal.astype(np.float32, copy=False)
+    ratio = Fraction(fs_out / fs_in).limit_denominator(1000)
+    out = resample_poly(signal.astype(np.float64), ratio.numerator, ratio.denominator, axis=-1)
+    return out.astype(np.float32)
+
+
+def fix_length(signal: np.ndarray, length: int, mode: str, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Crop or zero-pad (C, T) to (C, length).
+
+    ``mode``: ``random`` (training crops; needs ``rng``), ``center``, or ``start``. Padding is
+    split evenly on both sides for ``center`` and goes at the end otherwise.
+    """
+    if mode not in ("random", "center", "start"):
+        raise ValueError(f"mode must be 'random', 'center' or 'start', not {mode!r}")
+    total = signal.shape[-1]
+    if total >= length:
+        if mode == "random":
+            if rng is None:
+                raise ValueError("random crops need an rng")
+            offset = int(rng.integers(0, total - length + 1))
+        else:
+            offset = (total - length) // 2 if mode == "center" else 0
+        return signal[..., offset : offset + length]
+    missing = length - total
+    before = missing // 2 if mode == "center" else 0
+    return np.pad(signal, [(0, 0)] * (signal.ndim - 1) + [(before, missing - before)])
+
+
+def repair_nans(signal: np.ndarray, policy: str, record: str) -> tuple[np.ndarray, int]:
+    """Handle NaN samples in (C, T): ``interpolate`` (linear in time), ``zero``, or ``reject``.
+
+    Returns ``(signal, number of NaN samples found)``. A lead that is entirely NaN cannot be
+    interpolated and raises under every policy but ``zero``.
+    """
+    if policy not in ("interpolate", "zero", "reject"):
+        raise ValueError(f"policy must be 'interpolate', 'zero' or 'reject', not {policy!r}")
+    bad = np.isnan(signal)
+    count = int(bad.sum())
+    if count == 0:
+        return signal, 0
+    if policy == "reject":
+        raise ECGRecordError(record, f"{count} NaN samples")
+    if policy == "zero":
+        return np.where(bad, 0.0, signal).astype(signal.dtype), count
+    out = signal.copy()
+    time = np.arange(signal.shape[-1])
+    for lead in range(signal.shape[0]):
+        if bad[lead].all():
+            raise ECGRecordError(record, f"lead {lead} is entirely NaN; nothing to interpolate from")
+        if bad[lead].any():
+            out[lead, bad[lead]] = np.interp(time[bad[lead]], time[~bad[lead]], signal[lead, ~bad[lead]])
+    return out, count
