@@ -12,7 +12,17 @@ from fractions import Fraction
 import numpy as np
 from scipy.signal import resample_poly
 
-from mmmed_datasets.wfdb_ecg import CANONICAL_LEADS, ECGRecordError
+# The canonical order mmmed feeds encoders (PTB-XL's order, with standard capitalisation).
+CANONICAL_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+
+
+class ECGRecordError(ValueError):
+    """An ECG record that cannot be read as the signal the configuration asks for."""
+
+    def __init__(self, record: str, problem: str) -> None:
+        super().__init__(f"ECG record {record}: {problem}")
+        self.record = str(record)
+        self.problem = problem
 
 
 def map_leads(
@@ -80,7 +90,9 @@ def fix_length(signal: np.ndarray, length: int, mode: str, rng: np.random.Genera
     return np.pad(signal, [(0, 0)] * (signal.ndim - 1) + [(before, missing - before)])
 
 
-def repair_nans(signal: np.ndarray, policy: str, record: str) -> tuple[np.ndarray, int]:
+def repair_nans(
+    signal: np.ndarray, policy: str, record: str, lead_names: tuple[str, ...] = CANONICAL_LEADS
+) -> tuple[np.ndarray, int]:
     """Handle NaN samples in (C, T): ``interpolate`` (linear in time), ``zero``, or ``reject``.
 
     Returns ``(signal, number of NaN samples found)``. A lead that is entirely NaN cannot be
@@ -93,14 +105,15 @@ def repair_nans(signal: np.ndarray, policy: str, record: str) -> tuple[np.ndarra
     if count == 0:
         return signal, 0
     if policy == "reject":
-        raise ECGRecordError(record, f"{count} NaN samples")
+        worst = lead_names[int(bad.sum(-1).argmax())]
+        raise ECGRecordError(record, f"{count} NaN samples (most in lead {worst})")
     if policy == "zero":
         return np.where(bad, 0.0, signal).astype(signal.dtype), count
     out = signal.copy()
     time = np.arange(signal.shape[-1])
     for lead in range(signal.shape[0]):
         if bad[lead].all():
-            raise ECGRecordError(record, f"lead {lead} is entirely NaN; nothing to interpolate from")
+            raise ECGRecordError(record, f"lead {lead_names[lead]} is entirely NaN; nothing to interpolate from")
         if bad[lead].any():
             out[lead, bad[lead]] = np.interp(time[bad[lead]], time[~bad[lead]], signal[lead, ~bad[lead]])
     return out, count

@@ -10,17 +10,9 @@ from pathlib import Path
 import numpy as np
 import wfdb
 
-# The canonical order mmmed feeds encoders (PTB-XL's order, with standard capitalisation).
-CANONICAL_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+from mmmed_datasets.ecg_signal import CANONICAL_LEADS, ECGRecordError, map_leads, repair_nans
 
-
-class ECGRecordError(ValueError):
-    """A WFDB record that cannot be read as the ECG the configuration asks for."""
-
-    def __init__(self, record: str | Path, problem: str) -> None:
-        super().__init__(f"ECG record {record}: {problem}")
-        self.record = str(record)
-        self.problem = problem
+__all__ = ["CANONICAL_LEADS", "ECGRecordError", "read_ecg_record"]
 
 
 def read_ecg_record(
@@ -56,16 +48,8 @@ def read_ecg_record(
         raise ECGRecordError(
             record, f"{signal.shape[0]} samples ({signal.shape[0] / rec.fs:g} s), expected {num_samples}"
         )
-    names = [name.lower() for name in rec.sig_name]
-    if len(names) != len(leads):
-        raise ECGRecordError(record, f"has {len(names)} signals {rec.sig_name}, expected {len(leads)} leads {list(leads)}")
-    missing = [lead for lead in leads if lead.lower() not in names]
-    if missing:
-        raise ECGRecordError(record, f"lead(s) {missing} not found among {rec.sig_name}")
-    order = [names.index(lead.lower()) for lead in leads]
-    out = signal[:, order].T.astype(np.float32)  # (leads, T)
-    bad = np.isnan(out)
-    if bad.any():
-        worst = leads[int(bad.sum(1).argmax())]
-        raise ECGRecordError(record, f"{int(bad.sum())} NaN samples (most in lead {worst})")
+    if len(rec.sig_name) != len(leads):
+        raise ECGRecordError(record, f"has {len(rec.sig_name)} signals {rec.sig_name}, expected {len(leads)} leads {list(leads)}")
+    out, _ = map_leads(signal.T, rec.sig_name, str(record), leads, missing="error")  # (leads, T)
+    out, _ = repair_nans(out, "reject", str(record), leads)
     return out

@@ -132,7 +132,7 @@ def test_missing_lead_name(tmp_path):
 def test_duplicate_lead_does_not_stand_in_for_missing_one(tmp_path):
     names = list(CANONICAL_LEADS[:11]) + ["v5"]  # V5 twice (case differs), V6 absent
     path = write(tmp_path / "dup", signal_for(names), names)
-    expect_error(path, f"lead(s) ['V6'] not found among {names}")
+    expect_error(path, f"lead name(s) ['v5'] appear more than once in {names}")
 
 
 def test_wrong_sampling_rate(tmp_path):
