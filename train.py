@@ -49,17 +49,20 @@ def train(cfg: DictConfig) -> dict:
     metrics["train_seconds"] = round(time.perf_counter() - started, 1)
 
     best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
+    weights_from = "end of fit"  # val/* above describe the last validation of these weights
     if cfg.get("test_after_fit"):
         trainer.test(run.module, datamodule=run.datamodule, ckpt_path=best or None)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+        weights_from = best or weights_from  # testing loaded the best checkpoint into the module
     metrics.update(counts)
+    metrics["weights_from"] = weights_from
 
     if trainer.is_global_zero:
         ckpt_dir = out_dir / "checkpoints"
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         weights = ckpt_dir / "trainable.safetensors"
         state = {k: v.detach().cpu().contiguous() for k, v in run.module.model.trainable_state_dict().items()}
-        save_file(state, weights, metadata={"llm": run.llm.identity, "from_checkpoint": str(best)})
+        save_file(state, weights, metadata={"llm": run.llm.identity, "weights_from": weights_from})
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         for split, rows in run.module.generations.items():
             with (out_dir / f"generations_{split}.jsonl").open("w") as handle:

@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import WandbLogger
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import PreTrainedTokenizerBase
 
-from mmmed.metrics import AnswerClassifier
+from mmmed.metrics import AnswerClassifier, class_accuracy
 from mmmed.model import MultimodalLM
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ class MultimodalLitModule(L.LightningModule):
         outputs, self._outputs[split] = self._outputs[split], []
         if not outputs:
             return
-        accuracy, scored = self.classifier.accuracy([o["answer"] for o in outputs], [o["reference_label"] for o in outputs])
+        accuracy, scored = class_accuracy([o["predicted_label"] for o in outputs], [o["reference_label"] for o in outputs])
         self.log(f"{split}/accuracy", accuracy, prog_bar=True, batch_size=max(scored, 1))
         self.log(f"{split}/num_scored", float(scored), batch_size=1)
         self.generations[split] = outputs

@@ -21,12 +21,13 @@ class AnswerClassifier:
         hits = [label for label, pattern in self.patterns.items() if pattern.search(text)]
         return hits[0] if len(hits) == 1 else UNPARSED
 
-    def accuracy(self, answers: list[str], references: list[str | None]) -> tuple[float, int]:
-        """Fraction of answers whose class equals the reference class; ``(accuracy, scored count)``.
 
-        Samples without a reference class are not scored.
-        """
-        pairs = [(self(a), r) for a, r in zip(answers, references) if r is not None]
-        if not pairs:
-            return float("nan"), 0
-        return sum(p == r for p, r in pairs) / len(pairs), len(pairs)
+def class_accuracy(predicted: list[str], references: list[str | None]) -> tuple[float, int]:
+    """Fraction of predicted classes equal to the reference class; ``(accuracy, scored count)``.
+
+    Samples without a reference class are not scored; with none scored the accuracy is NaN.
+    """
+    pairs = [(p, r) for p, r in zip(predicted, references) if r is not None]
+    if not pairs:
+        return float("nan"), 0
+    return sum(p == r for p, r in pairs) / len(pairs), len(pairs)

@@ -36,7 +36,8 @@ def test_tiny_run_writes_metrics_small_checkpoints_and_resumes(compose, demo_roo
     cfg = compose(quick(demo_root, "model=tiny", "logger=csv", "trainer.max_steps=4"), tmp_path / "run1")
     metrics = train(cfg)
     run = tmp_path / "run1"
-    assert json.loads((run / "metrics.json").read_text()) == pytest.approx(metrics, nan_ok=True)
+    assert json.loads((run / "metrics.json").read_text()) == metrics
+    assert Path(metrics["weights_from"]).parent == run / "checkpoints"  # tested weights = best checkpoint
     assert {"val/accuracy", "test/accuracy", "params/trainable", "params/frozen"} <= set(metrics)
     answers = [json.loads(line) for line in (run / "generations_test.jsonl").read_text().splitlines()]
     assert len(answers) == metrics["test/num_scored"] and {"id", "reference", "answer", "predicted_label"} <= set(answers[0])
@@ -51,6 +52,8 @@ def test_tiny_run_writes_metrics_small_checkpoints_and_resumes(compose, demo_roo
 
     weights = load_file(run / "checkpoints" / "trainable.safetensors")
     assert {f"model.{k}" for k in weights} == keys
+    best = torch.load(metrics["weights_from"], map_location="cpu", weights_only=True)["state_dict"]
+    assert all(torch.equal(weights[k[len("model."):]], v) for k, v in best.items())
 
     cfg = compose(quick(demo_root, "model=tiny", "logger=csv", "trainer.max_steps=6", f"ckpt_path={last}"), tmp_path / "run2")
     train(cfg)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from mmmed.metrics import UNPARSED, AnswerClassifier
+from mmmed.metrics import UNPARSED, AnswerClassifier, class_accuracy
 
 PATTERNS = OmegaConf.to_container(
     OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "data" / "ptbxl.yaml").answer_classes
@@ -27,7 +27,7 @@ def test_accuracy_counts_only_samples_with_a_reference_class():
     classify = AnswerClassifier(PATTERNS)
     answers = ["Sinus bradycardia.", "Normal sinus rhythm.", "Sinus tachycardia.", "No idea.", "Sinus tachycardia."]
     references = ["SBRAD", "STACH", "STACH", "SR", None]
-    accuracy, scored = classify.accuracy(answers, references)
+    accuracy, scored = class_accuracy([classify(a) for a in answers], references)
     assert (accuracy, scored) == (2 / 4, 4)
-    accuracy, scored = classify.accuracy(["x"], [None])
+    accuracy, scored = class_accuracy([UNPARSED], [None])
     assert scored == 0 and accuracy != accuracy  # NaN: nothing to score
