@@ -55,6 +55,12 @@ def train(cfg: DictConfig) -> dict:
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
         weights_from = best or weights_from  # testing loaded the best checkpoint into the module
     metrics.update(counts)
+    data_stats = run.datamodule.data_stats()
+    if data_stats:
+        log.info("Data: %s", ", ".join(f"{k[5:]}={v}" for k, v in data_stats.items()))
+        for logger in loggers:
+            logger.log_metrics(data_stats, step=trainer.global_step)
+    metrics.update(data_stats)
     metrics["weights_from"] = weights_from
 
     if trainer.is_global_zero:

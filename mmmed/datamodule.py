@@ -67,6 +67,14 @@ class MultimodalDataModule(L.LightningDataModule):
             if split not in self.splits:
                 self.splits[split] = self.dataset_factory(**kwargs)
 
+    def data_stats(self) -> dict[str, int]:
+        """Per-split counts a data set reports (samples, skipped files, filtered views), for the run's metrics."""
+        return {
+            f"data/{split}/{key}": int(value)
+            for split, dataset in self.splits.items()
+            for key, value in getattr(dataset, "stats", {}).items()
+        }
+
     def _loader(self, split: str, shuffle: bool, batch_size: int, generation_inputs: bool) -> DataLoader:
         if self.formatter is None:
             raise RuntimeError("attach_formatter() must be called before the data loaders are built")
