@@ -159,8 +159,14 @@ class XrayImageCache:
             with np.load(entry, allow_pickle=False) as data:
                 return data["image"].astype(np.float32)
         except FileNotFoundError:
-            _, reason = _decode_into(str(path), str(entry), self.size, self.apply_voi)
-            if reason is not None:
-                raise ImageReadError(path, reason) from None
-            with np.load(entry, allow_pickle=False) as data:
-                return data["image"].astype(np.float32)
+            pass
+        if not path.is_file():
+            raise ImageReadError(path, "file not found")
+        # Store the re-decoded image under the hash of the bytes decoded now: if the file changed
+        # since warm(), the old name would otherwise hold another file's image.
+        entry = self.entry_for(file_sha256(path))
+        _, reason = _decode_into(str(path), str(entry), self.size, self.apply_voi)
+        if reason is not None:
+            raise ImageReadError(path, reason)
+        with np.load(entry, allow_pickle=False) as data:
+            return data["image"].astype(np.float32)

@@ -155,7 +155,7 @@ def build_dicom(stored: np.ndarray, enc: Encoding, header: dict[str, str]) -> Fi
         ds.PixelData = stored.tobytes()
         ds["PixelData"].VR = "OW"
     else:
-        ds.compress(enc.syntax, stored)
+        ds.compress(enc.syntax, stored, generate_instance_uid=False)  # keep the deterministic UID
     return ds
 
 

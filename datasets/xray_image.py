@@ -27,6 +27,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
+# Image Pixel Module attributes the decode and the normalisation need (PS3.3 C.7.6.3).
+PIXEL_DESCRIPTION = ("Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation", "PhotometricInterpretation")
 DICOM_SUFFIXES = (".dcm", ".dicom", "")
 
 
@@ -95,11 +97,14 @@ def read_dicom(path: str | Path, apply_voi: bool) -> DecodedImage:
             ds = pydicom.dcmread(path)
     except InvalidDicomError:
         raise ImageReadError(path, "not a DICOM file (no 'DICM' preamble or file meta header)") from None
-    except (OSError, EOFError, ValueError, KeyError) as err:
+    except Exception as err:  # pydicom raises many types on damaged headers; the file's name and type suffice
         raise ImageReadError(path, f"unreadable DICOM header ({type(err).__name__})") from None
     if "PixelData" not in ds:
         sop = getattr(ds.get("SOPClassUID"), "name", "unknown SOP class")
         raise ImageReadError(path, f"no pixel data: not an image object ({sop})")
+    missing = [k for k in PIXEL_DESCRIPTION if ds.get(k) is None]
+    if missing:
+        raise ImageReadError(path, f"missing required pixel attributes: {', '.join(missing)}")
     frames = int(ds.get("NumberOfFrames") or 1)
     if frames != 1:
         raise ImageReadError(path, f"multi-frame object ({frames} frames); expected one radiograph")
@@ -121,6 +126,8 @@ def read_dicom(path: str | Path, apply_voi: bool) -> DecodedImage:
         raise ImageReadError(path, f"truncated or inconsistent pixel data ({err})") from None
     except RuntimeError:
         raise ImageReadError(path, f"pixel data could not be decoded ({syntax}): corrupt or truncated") from None
+    except (AttributeError, KeyError, TypeError) as err:
+        raise ImageReadError(path, f"inconsistent pixel description ({type(err).__name__})") from None
     if stored.ndim != 2:
         raise ImageReadError(path, f"expected a 2D image, decoded shape {stored.shape}")
 

@@ -65,6 +65,10 @@ class ECGCNNEncoder(nn.Module):
         self.pool = nn.AdaptiveAvgPool1d(num_tokens)
         self.norm = nn.LayerNorm(self.out_dim)
 
+    def example_input(self, batch_size: int, num_samples: int = 1000) -> torch.Tensor:
+        """A random input of the shape ``forward`` takes (for shape checks): (B, leads, T)"""
+        return torch.randn(batch_size, self.in_leads, num_samples)
+
     def forward(self, signal: torch.Tensor) -> torch.Tensor:
         """(B, leads, T) -> (B, N, D)"""
         if signal.ndim != 3 or signal.shape[1] != self.in_leads:

@@ -61,6 +61,10 @@ class XrayViTEncoder(nn.Module):
         self.register_buffer("mean", torch.tensor(sum(cfg["mean"]) / len(cfg["mean"])), persistent=False)
         self.register_buffer("std", torch.tensor(sum(cfg["std"]) / len(cfg["std"])), persistent=False)
 
+    def example_input(self, batch_size: int) -> torch.Tensor:
+        """A random input of the shape ``forward`` takes (for shape checks): (B, 1, S, S) in [0, 1]"""
+        return torch.rand(batch_size, 1, self.img_size, self.img_size)
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) in [0, 1] -> (B, N, D)"""
         if image.ndim != 4 or image.shape[1] != 1 or tuple(image.shape[-2:]) != (self.img_size, self.img_size):

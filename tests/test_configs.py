@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 
 from mmmed.llm import _cached_hub_snapshot  # noqa: F401  (import proves the module loads offline)
 
@@ -21,12 +21,23 @@ def names(group: str) -> list[str]:
 def test_every_encoder_builds_and_emits_its_declared_tokens(compose, encoder, tmp_path):
     cfg = compose([f"encoder={encoder}"], tmp_path)
     net = instantiate(cfg.encoder.net)
-    samples = cfg.data.dataset.sampling_rate * cfg.data.dataset.seconds
-    tokens = net(torch.randn(2, net.in_leads, samples))
+    tokens = net(net.example_input(2))  # every encoder says what input it takes
     assert tokens.shape == (2, net.num_tokens, net.out_dim)
     assert torch.isfinite(tokens).all()
     tokens.sum().backward()
     assert all(p.grad is not None for p in net.parameters())
+
+
+@pytest.mark.parametrize("data", names("data"))
+def test_every_data_config_composes_with_its_modality(compose, data, tmp_path):
+    encoder = "ecg" if "ptbxl" in data else "xray"
+    cfg = compose([f"encoder={encoder}", f"data={data}", "data.root=/data/somewhere"], tmp_path)
+    assert get_class(cfg.data.dataset._target_) and get_class(cfg.data._target_)
+    assert cfg.data.dataset.root == "/data/somewhere"
+    if "question" in cfg.data.dataset:  # the manifest carries its questions in the CSV
+        assert f"<{cfg.encoder.modality}>" in cfg.data.dataset.question
+    if encoder == "xray":  # the image size follows the encoder's
+        assert cfg.data.dataset.images.size == cfg.encoder.net.img_size
 
 
 @pytest.mark.parametrize("adapter", names("adapter"))
@@ -56,3 +67,8 @@ def test_encoder_choice_selects_its_data_and_data_stays_overridable(compose, tmp
     assert cfg.data.prepare._target_ == "mmmed_datasets.ecg_demo.ensure_demo_ptbxl"
     cfg = compose(["encoder=ecg", "data=ptbxl", "data.root=/data/ptb-xl"], tmp_path)
     assert cfg.data.prepare is None and cfg.data.dataset.root == "/data/ptb-xl"
+    cfg = compose(["encoder=xray"], tmp_path)
+    assert cfg.data.prepare._target_ == "mmmed_datasets.xray_demo.ensure_demo_mimic_cxr"
+    assert "radiology" in cfg.prompt.system
+    cfg = compose(["encoder=xray", "data=mimic_cxr", "data.root=/data/mimic-cxr", "prompt=cardiology"], tmp_path)
+    assert cfg.data.prepare is None and "cardiology" in cfg.prompt.system
