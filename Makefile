@@ -25,6 +25,7 @@ test: install
 
 bench: install
 	$(PY) bench/train_throughput.py
+	$(PY) bench/xray_decode.py
 
 clean-cache:
 	rm -rf $${MMMED_CACHE:-$$HOME/.cache/mmmed}
