@@ -92,7 +92,7 @@ def test_planted_identifiers_reach_no_artefact_of_a_run(compose, tmp_path, caplo
             "data.dataset.views=null",
             "encoder.net.img_size=32",
             "encoder.net.num_tokens=4",
-            "+encoder.net.model_kwargs.depth=1",
+            "encoder.net.model_kwargs.depth=1",
             "trainer.max_steps=2",
             "trainer.val_check_interval=1",
             "trainer.limit_val_batches=1",
