@@ -17,11 +17,8 @@ rhythm, as PTB-XL's ``strat_fold``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -30,6 +27,8 @@ import numpy as np
 import pandas as pd
 import wfdb
 from scipy.signal import resample_poly
+
+from mmmed_datasets.demo_folder import build_once
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,6 @@ RHYTHMS = {
     "SR": ((65, 95), "Normal sinus rhythm"),
     "STACH": ((105, 140), "Sinus tachycardia"),
 }
-MANIFEST = "mmmed_demo.json"
 
 
 def record_paths(ecg_id: int) -> tuple[str, str]:
@@ -145,34 +143,20 @@ def _plan(num_patients: int, records_per_patient: int, seed: int) -> list[dict]:
 
 def ensure_demo_ptbxl(root: str | os.PathLike, num_patients: int, records_per_patient: int, seed: int, workers: int | None = None) -> Path:
     """Create the demo set at ``root`` unless a complete one with the same settings is there."""
-    root = Path(root).expanduser()
     settings = {"num_patients": num_patients, "records_per_patient": records_per_patient, "seed": seed, "version": 1}
-    manifest = root / MANIFEST
-    if manifest.is_file():
-        found = json.loads(manifest.read_text())
-        if found != settings:
-            raise ValueError(f"Demo data at {root} was generated with {found}, not {settings}; choose another root")
-        return root
-    if root.exists():
-        raise FileExistsError(f"{root} exists but is not a complete mmmed demo set (no {MANIFEST}); remove it")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp-", dir=root.parent))
+    return build_once(root, settings, lambda folder: _write_demo(folder, num_patients, records_per_patient, seed, workers))
+
+
+def _write_demo(folder: Path, num_patients: int, records_per_patient: int, seed: int, workers: int | None) -> None:
     jobs = _plan(num_patients, records_per_patient, seed)
     for job in jobs:
-        job["root"] = str(tmp)
+        job["root"] = str(folder)
     workers = workers or min(len(jobs), os.cpu_count() or 1)
-    log.info("Simulating %d demo ECGs (%d patients, %d workers) into %s", num_patients * records_per_patient, num_patients, workers, root)
-    try:
-        if workers > 1:
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-                rows = [row for rows in pool.map(_simulate_patient, jobs) for row in rows]
-        else:
-            rows = [row for job in jobs for row in _simulate_patient(job)]
-        table = pd.DataFrame(rows).set_index("ecg_id").sort_index()
-        table.to_csv(tmp / "ptbxl_database.csv")
-        (tmp / MANIFEST).write_text(json.dumps(settings))
-        os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return root
+    log.info("Simulating %d demo ECGs (%d patients, %d workers)", num_patients * records_per_patient, num_patients, workers)
+    if workers > 1:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            rows = [row for rows in pool.map(_simulate_patient, jobs) for row in rows]
+    else:
+        rows = [row for job in jobs for row in _simulate_patient(job)]
+    table = pd.DataFrame(rows).set_index("ecg_id").sort_index()
+    table.to_csv(folder / "ptbxl_database.csv")

@@ -19,11 +19,8 @@ Layout: ``files/pXX/pXXXXXXXX/sXXXXXXXX/<dicom_id>.dcm`` + ``sXXXXXXXX.txt`` rep
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,9 +36,10 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from mmmed_datasets.demo_folder import build_once
+
 log = logging.getLogger(__name__)
 
-MANIFEST = "mmmed_demo.json"
 DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's root: deterministic demo UIDs via entropy sources
 
@@ -220,27 +218,9 @@ def _dicom_id(rng: np.random.Generator) -> str:
 
 def ensure_demo_mimic_cxr(root: str | os.PathLike, num_patients: int, rows: int, cols: int, seed: int) -> Path:
     """Create the demo set at ``root`` unless a complete one with the same settings is there."""
-    root = Path(root).expanduser()
     settings = {"num_patients": num_patients, "rows": rows, "cols": cols, "seed": seed, "version": 1}
-    manifest = root / MANIFEST
-    if manifest.is_file():
-        found = json.loads(manifest.read_text())
-        if found != settings:
-            raise ValueError(f"Demo data at {root} was generated with {found}, not {settings}; choose another root")
-        return root
-    if root.exists():
-        raise FileExistsError(f"{root} exists but is not a complete mmmed demo set (no {MANIFEST}); remove it")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp-", dir=root.parent))
-    log.info("Writing %d demo chest X-ray studies into %s", num_patients, root)
-    try:
-        _write_demo(tmp, num_patients, rows, cols, seed)
-        (tmp / MANIFEST).write_text(json.dumps(settings))
-        os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return root
+    log.info("Demo chest X-rays (%d studies) at %s", num_patients, root)
+    return build_once(root, settings, lambda folder: _write_demo(folder, num_patients, rows, cols, seed))
 
 
 def _write_demo(root: Path, num_patients: int, rows: int, cols: int, seed: int) -> None:

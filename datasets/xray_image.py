@@ -32,13 +32,17 @@ PIXEL_DESCRIPTION = ("Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRep
 DICOM_SUFFIXES = (".dcm", ".dicom", "")
 
 
-class ImageReadError(ValueError):
-    """An image file that cannot be used; the message names the file and the reason."""
+class DataFileError(ValueError):
+    """A data file that cannot be used; the message names the file and the reason."""
 
     def __init__(self, path: str | Path, reason: str) -> None:
         super().__init__(f"{path}: {reason}")
         self.path = str(path)
         self.reason = reason
+
+
+class ImageReadError(DataFileError):
+    """An image that cannot be decoded (not DICOM, truncated, colour, multi-frame, ...)."""
 
 
 @dataclass

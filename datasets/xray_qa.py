@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mmmed_datasets.xray_cache import CachedImage, XrayImageCache
-from mmmed_datasets.xray_image import ImageReadError
+from mmmed_datasets.xray_image import DataFileError, ImageReadError
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +27,8 @@ MODALITY = "xray"  # questions mark the image with <xray>
 ON_ERROR = ("raise", "skip")
 
 
-class SampleError(ValueError):
+class SampleError(DataFileError):
     """A sample that cannot be built (e.g. a missing or empty report); names the file and reason."""
-
-    def __init__(self, path: str | Path, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = str(path)
-        self.reason = reason
 
 
 @dataclass
@@ -78,7 +73,7 @@ class XrayQADataset(Dataset):
         views: list[str] | None,
         on_error: str,
         source: str,
-        skipped: list[SampleError] | None = None,
+        skipped: list[DataFileError] | None = None,
     ) -> None:
         check_on_error(on_error)
         self.images = images

@@ -13,7 +13,8 @@ import pytest
 from scipy.signal import resample_poly
 
 from mmmed_datasets import ecg_demo
-from mmmed_datasets.ecg_demo import MANIFEST, RHYTHMS, _plan, ensure_demo_ptbxl, record_paths, simulate_12lead
+from mmmed_datasets.demo_folder import MANIFEST
+from mmmed_datasets.ecg_demo import RHYTHMS, _plan, ensure_demo_ptbxl, record_paths, simulate_12lead
 from mmmed_datasets.ptbxl import PTBXLDataset
 from mmmed_datasets.wfdb_ecg import read_ecg_record
 
