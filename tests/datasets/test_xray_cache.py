@@ -227,7 +227,8 @@ def test_load_of_a_deleted_entry_raises_if_the_file_is_gone_too(tmp_path, files)
         cache.load(path, entry)
 
 
-def test_two_spawned_workers_give_the_same_entries_and_images(tmp_path):
+def test_two_spawned_workers_give_the_same_entries_and_images(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(xray_cache, "POOL_MIN_FILES", 2)  # use the pool even for 4 files
     src = tmp_path / "src"
     src.mkdir()
     paths = [write_dicom(src / f"{i}.dcm", seed=10 + i, encoding_index=i % 2) for i in range(3)]
@@ -236,7 +237,9 @@ def test_two_spawned_workers_give_the_same_entries_and_images(tmp_path):
     serial_cache = XrayImageCache(str(tmp_path / "serial"), size=SIZE, apply_voi=True, workers=1)
     parallel_cache = XrayImageCache(str(tmp_path / "parallel"), size=SIZE, apply_voi=True, workers=2)
     serial = serial_cache.warm(paths)
-    parallel = parallel_cache.warm(paths)
+    with caplog.at_level("INFO", logger="mmmed_datasets.xray_cache"):
+        parallel = parallel_cache.warm(paths)
+    assert "Decoding 4 images" in caplog.text and "(2 processes)" in caplog.text
     for path in paths:
         assert parallel[path].view == serial[path].view
         assert parallel[path].entry.relative_to(tmp_path / "parallel") == serial[path].entry.relative_to(tmp_path / "serial")
