@@ -70,6 +70,8 @@ def train(cfg: DictConfig) -> dict:
         state = {k: v.detach().cpu().contiguous() for k, v in run.module.model.trainable_state_dict().items()}
         save_file(state, weights, metadata={"llm": run.llm.identity, "weights_from": weights_from})
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        if run.datamodule.normalization is not None:  # also inside every checkpoint
+            (out_dir / "data_normalization.json").write_text(json.dumps(run.datamodule.normalization, indent=2))
         for split, rows in run.module.generations.items():
             with (out_dir / f"generations_{split}.jsonl").open("w") as handle:
                 handle.writelines(json.dumps(row) + "\n" for row in rows)

@@ -1,6 +1,7 @@
 """Generate the offline demo ECG set in PTB-XL's real layout, deterministically from a seed.
 
-Layout (as in PTB-XL 1.0.3): ``ptbxl_database.csv`` indexed by ``ecg_id`` and WFDB records under
+Layout (as in PTB-XL 1.0.3): ``ptbxl_database.csv`` indexed by ``ecg_id``, the rows of
+``scp_statements.csv`` for the codes used, and WFDB records under
 ``records500/00000/00001_hr`` (500 Hz) and ``records100/00000/00001_lr`` (100 Hz, decimated from
 500 Hz), 12 leads I, II, III, AVR, AVL, AVF, V1..V6 in mV, 16-bit, 1000 adu/mV, 10 s each.
 
@@ -143,7 +144,7 @@ def _plan(num_patients: int, records_per_patient: int, seed: int) -> list[dict]:
 
 def ensure_demo_ptbxl(root: str | os.PathLike, num_patients: int, records_per_patient: int, seed: int, workers: int | None = None) -> Path:
     """Create the demo set at ``root`` unless a complete one with the same settings is there."""
-    settings = {"num_patients": num_patients, "records_per_patient": records_per_patient, "seed": seed, "version": 1}
+    settings = {"num_patients": num_patients, "records_per_patient": records_per_patient, "seed": seed, "version": 2}
     return build_once(root, settings, lambda folder: _write_demo(folder, num_patients, records_per_patient, seed, workers))
 
 
@@ -160,3 +161,16 @@ def _write_demo(folder: Path, num_patients: int, records_per_patient: int, seed:
         rows = [row for job in jobs for row in _simulate_patient(job)]
     table = pd.DataFrame(rows).set_index("ecg_id").sort_index()
     table.to_csv(folder / "ptbxl_database.csv")
+    write_scp_statements(folder)
+
+
+def write_scp_statements(folder: Path) -> None:
+    """The rows of PTB-XL's ``scp_statements.csv`` for the codes the demo uses, with its columns."""
+    rows = [
+        ("NORM", "normal ECG", 1.0, None, None, "NORM", "NORM"),
+        ("SR", "sinus rhythm", None, None, 1.0, None, None),
+        ("SBRAD", "sinus bradycardia", None, None, 1.0, None, None),
+        ("STACH", "sinus tachycardia", None, None, 1.0, None, None),
+    ]
+    columns = ["", "description", "diagnostic", "form", "rhythm", "diagnostic_class", "diagnostic_subclass"]
+    pd.DataFrame(rows, columns=columns).to_csv(folder / "scp_statements.csv", index=False)

@@ -7,13 +7,24 @@ touches files.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
-from scipy.signal import resample_poly
+from scipy.signal import butter, filtfilt, iirnotch, resample_poly, sosfiltfilt
 
 # The canonical order mmmed feeds encoders (PTB-XL's order, with standard capitalisation).
 CANONICAL_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+
+
+@dataclass
+class RawECG:
+    """An ECG as a reader found it: physical values in mV, the stored channel names, the stored rate."""
+
+    signal: np.ndarray  # (C, T) float64, mV
+    lead_names: list[str]
+    fs: float
+    source: str  # the file it came from, for messages
 
 
 class ECGRecordError(ValueError):
@@ -66,6 +77,44 @@ def resample(signal: np.ndarray, fs_in: float, fs_out: float) -> np.ndarray:
     ratio = Fraction(fs_out / fs_in).limit_denominator(1000)
     out = resample_poly(signal.astype(np.float64), ratio.numerator, ratio.denominator, axis=-1)
     return out.astype(np.float32)
+
+
+def bandpass(signal: np.ndarray, fs: float, low: float, high: float, order: int) -> np.ndarray:
+    """Zero-phase Butterworth band-pass (forward-backward, so no delay) along time: (C, T) -> (C, T)."""
+    if not 0 < low < high < fs / 2:
+        raise ValueError(f"band-pass {low}-{high} Hz needs 0 < low < high < Nyquist ({fs / 2:g} Hz)")
+    sos = butter(order, [low, high], btype="bandpass", fs=fs, output="sos")
+    return sosfiltfilt(sos, signal.astype(np.float64), axis=-1).astype(np.float32)
+
+
+def notch(signal: np.ndarray, fs: float, freq: float, quality: float) -> np.ndarray:
+    """Zero-phase notch at ``freq`` (mains hum, 50 or 60 Hz) with quality factor ``quality``: (C, T) -> (C, T)."""
+    if not 0 < freq < fs / 2:
+        raise ValueError(f"notch at {freq} Hz needs 0 < freq < Nyquist ({fs / 2:g} Hz)")
+    b, a = iirnotch(freq, quality, fs=fs)
+    return filtfilt(b, a, signal.astype(np.float64), axis=-1).astype(np.float32)
+
+
+def window_offsets(total: int, length: int, count: int) -> list[int]:
+    """``count`` evenly spaced window starts covering a record of ``total`` samples (first and last flush)."""
+    if count < 1 or total < length:
+        raise ValueError(f"cannot place {count} windows of {length} samples in {total}")
+    if count == 1:
+        return [(total - length) // 2]
+    return [round(k * (total - length) / (count - 1)) for k in range(count)]
+
+
+def zscore(signal: np.ndarray, mean: np.ndarray | None = None, std: np.ndarray | None = None) -> np.ndarray:
+    """Standardise each lead of (C, T) by its own mean/std, or by given per-lead (C,) statistics.
+
+    Per record, a lead with no spread (a lost electrode at a DC offset) becomes exactly zero:
+    dividing its float rounding residue by a tiny floor would invent a signal.
+    """
+    if mean is None or std is None:
+        mean, std = signal.mean(-1, keepdims=True), signal.std(-1, keepdims=True)
+        return np.where(std > 1e-6, (signal - mean) / np.maximum(std, 1e-6), 0.0).astype(np.float32)
+    mean, std = np.asarray(mean, dtype=np.float64)[:, None], np.asarray(std, dtype=np.float64)[:, None]
+    return ((signal - mean) / np.maximum(std, 1e-6)).astype(np.float32)
 
 
 def fix_length(signal: np.ndarray, length: int, mode: str, rng: np.random.Generator | None = None) -> np.ndarray:

@@ -1,7 +1,16 @@
 """PTB-XL (Wagner et al. 2020): ``ptbxl_database.csv`` + WFDB records, split by ``strat_fold``.
 
 Follows the published protocol: folds 1-8 train, 9 validation, 10 test (patient-disjoint, as the
-dataset's authors stratified them); 100 Hz records from ``filename_lr`` or 500 Hz from ``filename_hr``.
+data set's authors stratified them); 100 Hz records from ``filename_lr`` or 500 Hz from
+``filename_hr`` (either is then resampled to ``ecg_signal.sampling_rate``). Tasks:
+
+* ``report``: answer with the record's free-text report (many are German, as recorded).
+* ``superclass``: answer with the diagnostic superclasses (NORM, MI, STTC, CD, HYP). Every key of
+  ``scp_codes``, whatever its likelihood, that ``scp_statements.csv`` marks ``diagnostic == 1``
+  contributes its ``diagnostic_class``, as in Strodthoff et al. 2021 (the PTB-XL benchmark) and the
+  data set's own example code; records with none are left out (counted as ``no_superclass``).
+* ``qa``: free questions from a CSV (``ecg_id, question, answer[, label]``), one sample per row.
+
 The same class reads a real PTB-XL download and the generated demo set.
 """
 
@@ -10,43 +19,69 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import torch
-from torch.utils.data import Dataset
 
-from mmmed_datasets.wfdb_ecg import CANONICAL_LEADS, ECGRecordError, read_ecg_record
+from mmmed_datasets.ecg_cache import ECGSignalCache
+from mmmed_datasets.ecg_preprocess import ECGPreprocessing
+from mmmed_datasets.ecg_samples import ECGSample, ECGSampleDataset, check_on_error
+from mmmed_datasets.ecg_signal import ECGRecordError
 
 RECORD_COLUMN = {100: "filename_lr", 500: "filename_hr"}
+SUPERCLASSES = ("NORM", "MI", "STTC", "CD", "HYP")
+TASKS = ("report", "superclass", "qa")
 
 
-class PTBXLDataset(Dataset):
-    """Question/answer samples over PTB-XL records; the answer is the record's free-text report.
+def load_superclass_map(path: Path) -> dict[str, str]:
+    """SCP code -> diagnostic superclass, for the statements ``scp_statements.csv`` marks diagnostic."""
+    if not path.is_file():
+        raise FileNotFoundError(f"PTB-XL statements table not found: {path} (needed by task=superclass)")
+    table = pd.read_csv(path, index_col=0)
+    diagnostic = table[table["diagnostic"] == 1]
+    return {str(code): str(cls) for code, cls in diagnostic["diagnostic_class"].items() if isinstance(cls, str)}
+
+
+def superclasses_of(scp_codes: dict, superclass_of: dict[str, str]) -> list[str]:
+    """The record's superclasses, in the fixed order NORM, MI, STTC, CD, HYP."""
+    found = {superclass_of[code] for code in scp_codes if code in superclass_of}
+    return [cls for cls in SUPERCLASSES if cls in found]
+
+
+class PTBXLDataset(ECGSampleDataset):
+    """Question/answer samples over PTB-XL records.
 
     Args:
-        root: folder holding ``ptbxl_database.csv``.
+        root: folder holding ``ptbxl_database.csv`` (and ``scp_statements.csv`` for ``superclass``).
         folds: ``strat_fold`` values to include.
-        sampling_rate: 100 or 500 (which record set to read).
-        question: the user turn; ``<ecg>`` marks where the ECG goes.
-        label_codes: SCP codes that name the class of a record for accuracy (first one present wins).
-        normalize: ``zscore`` (per record and lead) or ``none``.
-        seconds: record length the configuration expects.
+        record_rate: 100 or 500: which record set to read.
+        task: ``report``, ``superclass`` or ``qa``.
+        question: the user turn for ``report``/``superclass``; ``<ecg>`` marks where the ECG goes.
+        questions_csv: the ``qa`` task's questions (relative to ``root`` or absolute), else None.
+        label_codes: SCP codes that name a record's class for accuracy (first one present wins).
+        preprocessing: the shared ECG pipeline.
+        train: training split (random crops) or not.
+        on_error: ``raise`` or ``skip`` for bad records and empty reports.
+        cache: the prepared-signal cache, or None.
     """
 
     def __init__(
         self,
         root: str,
         folds: list[int],
-        sampling_rate: int,
-        question: str,
+        record_rate: int,
+        task: str,
+        question: str | None,
+        questions_csv: str | None,
         label_codes: list[str],
-        normalize: str,
-        seconds: int = 10,
+        preprocessing: ECGPreprocessing,
+        train: bool,
+        on_error: str,
+        cache: ECGSignalCache | None,
     ) -> None:
-        if sampling_rate not in RECORD_COLUMN:
-            raise ValueError(f"PTB-XL has 100 Hz and 500 Hz records, not {sampling_rate} Hz")
-        if normalize not in ("zscore", "none"):
-            raise ValueError(f"normalize must be 'zscore' or 'none', not {normalize!r}")
+        if record_rate not in RECORD_COLUMN:
+            raise ValueError(f"PTB-XL has 100 Hz and 500 Hz records, not {record_rate} Hz")
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, not {task!r}")
+        check_on_error(on_error)
         self.root = Path(root).expanduser()
         table_path = self.root / "ptbxl_database.csv"
         if not table_path.is_file():
@@ -55,37 +90,59 @@ class PTBXLDataset(Dataset):
         self.table = table[table["strat_fold"].isin(folds)]
         if self.table.empty:
             raise ValueError(f"{table_path}: no records in folds {folds}")
-        self.sampling_rate = sampling_rate
-        self.num_samples = sampling_rate * seconds
-        self.question = question
         self.label_codes = list(label_codes)
-        self.normalize = normalize
+        self.task = task
+        superclass_of = load_superclass_map(self.root / "scp_statements.csv") if task == "superclass" else {}
+        samples, skipped, no_superclass = [], [], 0
+        rows = self._questions(questions_csv) if task == "qa" else None
+        for ecg_id, row in self.table.iterrows():
+            record = str(self.root / row[RECORD_COLUMN[record_rate]])
+            codes = ast.literal_eval(row["scp_codes"])
+            label = self.label_of(codes)
+            if task == "report":
+                report = row["report"]
+                if not isinstance(report, str) or not report.strip():
+                    error = ECGRecordError(record, f"ecg_id {ecg_id} has an empty report in {table_path.name}")
+                    if on_error == "raise":
+                        raise error
+                    skipped.append(error)
+                    continue
+                samples.append(ECGSample(f"ptbxl/{ecg_id}", (record,), question, report.strip(), label))
+            elif task == "superclass":
+                classes = superclasses_of(codes, superclass_of)
+                if not classes:
+                    no_superclass += 1
+                    continue
+                samples.append(ECGSample(f"ptbxl/{ecg_id}", (record,), question, ", ".join(classes), None))
+            else:
+                for k, (q, a, qa_label) in enumerate(rows.get(int(ecg_id), [])):
+                    samples.append(ECGSample(f"ptbxl/{ecg_id}/q{k}", (record,), q, a, qa_label))
+        if not samples and task == "qa":
+            raise ValueError(f"{questions_csv}: no questions about records in folds {folds}")
+        super().__init__(samples, preprocessing, train, on_error, cache, f"PTB-XL folds {list(folds)}", skipped)
+        if task == "superclass":
+            self.stats["no_superclass"] = no_superclass
 
-    def __len__(self) -> int:
-        return len(self.table)
+    def _questions(self, questions_csv: str | None) -> dict[int, list[tuple[str, str, str | None]]]:
+        """ecg_id -> [(question, answer, label)] from the ``qa`` task's CSV, checked."""
+        if not questions_csv:
+            raise ValueError("task=qa needs questions_csv (columns ecg_id, question, answer[, label])")
+        path = Path(questions_csv).expanduser()
+        path = path if path.is_absolute() else self.root / path
+        table = pd.read_csv(path, dtype={"question": str, "answer": str}, keep_default_na=False)
+        missing = {"ecg_id", "question", "answer"} - set(table.columns)
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
+        out: dict[int, list[tuple[str, str, str | None]]] = {}
+        for line, row in enumerate(table.itertuples(index=False), start=2):
+            if "<ecg>" not in row.question:
+                raise ValueError(f"{path}, line {line}: question has no <ecg> tag: {row.question!r}")
+            if not row.answer.strip():
+                raise ValueError(f"{path}, line {line}: empty answer")
+            label = getattr(row, "label", None) or None
+            out.setdefault(int(row.ecg_id), []).append((row.question, row.answer.strip(), label))
+        return out
 
-    def label_of(self, scp_codes: str) -> str | None:
-        """The first of ``label_codes`` present in a record's ``scp_codes`` dict, else None."""
-        codes = ast.literal_eval(scp_codes)
+    def label_of(self, codes: dict) -> str | None:
+        """The first of ``label_codes`` present in a record's ``scp_codes``, else None."""
         return next((code for code in self.label_codes if code in codes), None)
-
-    def __getitem__(self, index: int) -> dict:
-        ecg_id = int(self.table.index[index])
-        row = self.table.iloc[index]
-        record = self.root / row[RECORD_COLUMN[self.sampling_rate]]
-        report = row["report"]
-        if not isinstance(report, str) or not report.strip():
-            raise ECGRecordError(record, f"ecg_id {ecg_id} has an empty report")
-        signal = read_ecg_record(record, self.sampling_rate, self.num_samples, CANONICAL_LEADS)  # (12, T)
-        if self.normalize == "zscore":
-            # Per record and lead (ECGFounder). A flat lead (e.g. a lost electrode at a DC offset) becomes
-            # exactly zero: dividing its float rounding residue by a tiny floor would invent a constant.
-            mean, std = signal.mean(1, keepdims=True), signal.std(1, keepdims=True)
-            signal = np.where(std > 1e-6, (signal - mean) / np.maximum(std, 1e-6), 0.0).astype(np.float32)
-        return {
-            "id": f"ptbxl/{ecg_id}",
-            "signals": {"ecg": [torch.from_numpy(np.ascontiguousarray(signal, dtype=np.float32))]},
-            "question": self.question,
-            "answer": report.strip(),
-            "label": self.label_of(row["scp_codes"]),
-        }

@@ -4,6 +4,10 @@ The design follows the 1D ResNets that do well on PTB-XL (Strodthoff et al. 2021
 a wide stem, residual blocks that halve time, then adaptive average pooling to N tokens. Pooling
 keeps each token a summary of one stretch of the recording (10 s / N), so beat density — the
 heart rate — is directly visible in every token.
+
+With ``lead_mask_input`` the lead mask (which leads the record really had; missing ones arrive as
+zeros) is fed as one extra constant input channel per lead, so a missing lead is distinguishable
+from a flat one.
 """
 
 from __future__ import annotations
@@ -45,15 +49,17 @@ class ECGCNNEncoder(nn.Module):
         widths: channels of each stage; every stage after the first halves time.
         kernel_size: convolution kernel length in samples.
         num_tokens: N, the number of tokens handed to the adapter.
+        lead_mask_input: feed the lead mask as ``in_leads`` extra input channels.
     """
 
-    def __init__(self, in_leads: int, widths: list[int], kernel_size: int, num_tokens: int) -> None:
+    def __init__(self, in_leads: int, widths: list[int], kernel_size: int, num_tokens: int, lead_mask_input: bool) -> None:
         super().__init__()
         self.in_leads = in_leads
         self.num_tokens = num_tokens
         self.out_dim = widths[-1]
+        self.lead_mask_input = lead_mask_input
         self.stem = nn.Sequential(
-            nn.Conv1d(in_leads, widths[0], 15, stride=2, padding=7, bias=False),
+            nn.Conv1d(in_leads * (2 if lead_mask_input else 1), widths[0], 15, stride=2, padding=7, bias=False),
             nn.BatchNorm1d(widths[0]),
             nn.ReLU(inplace=True),
         )
@@ -65,14 +71,22 @@ class ECGCNNEncoder(nn.Module):
         self.pool = nn.AdaptiveAvgPool1d(num_tokens)
         self.norm = nn.LayerNorm(self.out_dim)
 
-    def example_input(self, batch_size: int, num_samples: int = 1000) -> torch.Tensor:
-        """A random input of the shape ``forward`` takes (for shape checks): (B, leads, T)"""
-        return torch.randn(batch_size, self.in_leads, num_samples)
+    def example_input(self, batch_size: int, num_samples: int = 1000) -> dict[str, torch.Tensor]:
+        """A random input of the kind ``forward`` takes (for shape checks): signal (B, leads, T), lead mask (B, leads)"""
+        return {
+            "signal": torch.randn(batch_size, self.in_leads, num_samples),
+            "lead_mask": torch.ones(batch_size, self.in_leads, dtype=torch.bool),
+        }
 
-    def forward(self, signal: torch.Tensor) -> torch.Tensor:
-        """(B, leads, T) -> (B, N, D)"""
+    def forward(self, signal: torch.Tensor, lead_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, leads, T), lead mask (B, leads) bool -> (B, N, D)"""
         if signal.ndim != 3 or signal.shape[1] != self.in_leads:
             raise ValueError(f"ECG encoder expects (B, {self.in_leads}, T), got {tuple(signal.shape)}")
+        if self.lead_mask_input:
+            if lead_mask is None:
+                lead_mask = torch.ones(signal.shape[:2], dtype=torch.bool, device=signal.device)
+            mask = lead_mask.to(signal.dtype).unsqueeze(-1).expand_as(signal)  # (B, leads, T)
+            signal = torch.cat([signal, mask], dim=1)  # (B, 2 * leads, T)
         features = self.stages(self.stem(signal))  # (B, D, T')
         tokens = self.pool(features).transpose(1, 2)  # (B, N, D)
         return self.norm(tokens)

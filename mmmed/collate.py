@@ -34,6 +34,13 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def stack_signals(signals: list[torch.Tensor | dict[str, torch.Tensor]]) -> torch.Tensor | dict[str, torch.Tensor]:
+    """Stack one modality's signals: tensors into (M, ...), dicts of tensors key by key."""
+    if isinstance(signals[0], dict):
+        return {key: torch.stack([sig[key] for sig in signals]) for key in signals[0]}
+    return torch.stack(signals)
+
+
 class MultimodalCollator:
     """Collate dataset items ``{signals: {modality: [tensor]}, question, answer, label, id}``.
 
@@ -67,8 +74,9 @@ class MultimodalCollator:
             "position_ids": positions_from_mask(attention_mask),  # (B, L)
             "labels": labels,  # (B, L)
             # Every signal of a modality, in the order its placeholders appear in the batch. {m: (M, C, T)}
+            # or, for encoders taking several inputs, {m: {"signal": (M, C, T), "lead_mask": (M, C)}}.
             "signals": {
-                name: torch.stack([sig for item in items for sig in item["signals"].get(name, [])])
+                name: stack_signals([sig for item in items for sig in item["signals"].get(name, [])])
                 for name in sorted({n for item in items for n in item["signals"]})
             },
             "ids": [item["id"] for item in items],

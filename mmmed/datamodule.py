@@ -53,6 +53,7 @@ class MultimodalDataModule(L.LightningDataModule):
         self.max_new_tokens = max_new_tokens
         self.formatter: ChatFormatter | None = None
         self.splits: dict[str, Dataset] = {}
+        self.normalization: dict | None = None  # signal statistics of the training split, if the data uses them
 
     def attach_formatter(self, formatter: ChatFormatter) -> None:
         """The formatter depends on the tokenizer and encoders, so the model side provides it."""
@@ -66,6 +67,26 @@ class MultimodalDataModule(L.LightningDataModule):
         for split, kwargs in self.split_kwargs.items():
             if split not in self.splits:
                 self.splits[split] = self.dataset_factory(**kwargs)
+        # Signal statistics come from the training split only, and every split uses them. A checkpoint
+        # carries them (state_dict below), so evaluation reuses the training run's numbers.
+        train = self.splits.get("train")
+        if self.normalization is None and hasattr(train, "fit_normalization"):
+            self.normalization = train.fit_normalization()
+        self._share_normalization()
+
+    def _share_normalization(self) -> None:
+        for dataset in self.splits.values():
+            if hasattr(dataset, "set_normalization"):
+                dataset.set_normalization(self.normalization)
+
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint: the training split's normalisation statistics (or None)."""
+        return {"normalization": self.normalization}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore the statistics a checkpoint was trained with."""
+        self.normalization = state_dict.get("normalization")
+        self._share_normalization()
 
     def data_stats(self) -> dict[str, int]:
         """Per-split counts a data set reports (samples, skipped files, filtered views), for the run's metrics."""

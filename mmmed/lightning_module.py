@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import WandbLogger
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import PreTrainedTokenizerBase
 
-from mmmed.metrics import AnswerClassifier, class_accuracy
+from mmmed.metrics import AnswerClassifier, aggregate_crops, class_accuracy, exact_match
 from mmmed.model import MultimodalLM
 
 log = logging.getLogger(__name__)
@@ -133,9 +133,12 @@ class MultimodalLitModule(L.LightningModule):
         outputs, self._outputs[split] = self._outputs[split], []
         if not outputs:
             return
-        accuracy, scored = class_accuracy([o["predicted_label"] for o in outputs], [o["reference_label"] for o in outputs])
+        records = aggregate_crops(outputs)  # several evaluation windows of one record vote
+        accuracy, scored = class_accuracy([o["predicted_label"] for o in records], [o["reference_label"] for o in records])
         self.log(f"{split}/accuracy", accuracy, prog_bar=True, batch_size=max(scored, 1))
         self.log(f"{split}/num_scored", float(scored), batch_size=1)
+        self.log(f"{split}/exact_match", exact_match([o["answer"] for o in records], [o["reference"] for o in records]),
+                 batch_size=len(records))
         self.generations[split] = outputs
         if not self.trainer.sanity_checking:
             for o in outputs[:3]:

@@ -69,7 +69,7 @@ class MultimodalLM(nn.Module):
         keep = ["adapters."] + (["encoders."] if self.train_encoders else []) + (["llm."] if self.train_llm else [])
         return {k: v for k, v in self.state_dict().items() if k.startswith(tuple(keep))}
 
-    def embed(self, input_ids: torch.Tensor, signals: dict[str, torch.Tensor]) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, signals: dict[str, torch.Tensor | dict[str, torch.Tensor]]) -> torch.Tensor:
         """Token embeddings with each modality's adapter output scattered into its placeholders. (B, L, D)"""
         embed_layer = self.llm.get_input_embeddings()
         is_placeholder = torch.zeros_like(input_ids, dtype=torch.bool)
@@ -84,7 +84,9 @@ class MultimodalLM(nn.Module):
                 if mask.any():
                     raise ValueError(f"Batch has {name} placeholders but no {name} signals")
                 continue
-            tokens = self.adapters[name](self.encoders[name](signal))  # (M, N, D)
+            # An encoder taking several inputs (an ECG and its lead mask) gets them as keywords.
+            features = self.encoders[name](**signal) if isinstance(signal, dict) else self.encoders[name](signal)
+            tokens = self.adapters[name](features)  # (M, N, D)
             if mask.sum() != tokens.shape[0] * tokens.shape[1]:
                 raise ValueError(
                     f"{name}: {int(mask.sum())} placeholder tokens in the batch but {tokens.shape[0]} signals x "

@@ -21,7 +21,8 @@ def names(group: str) -> list[str]:
 def test_every_encoder_builds_and_emits_its_declared_tokens(compose, encoder, tmp_path):
     cfg = compose([f"encoder={encoder}"], tmp_path)
     net = instantiate(cfg.encoder.net)
-    tokens = net(net.example_input(2))  # every encoder says what input it takes
+    example = net.example_input(2)  # every encoder says what input it takes
+    tokens = net(**example) if isinstance(example, dict) else net(example)
     assert tokens.shape == (2, net.num_tokens, net.out_dim)
     assert torch.isfinite(tokens).all()
     tokens.sum().backward()

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
+import wfdb
 from safetensors.torch import load_file
 
 from mmmed_datasets.ecg_demo import ensure_demo_ptbxl
@@ -83,6 +86,29 @@ def test_default_logger_is_wandb_offline_with_generations_table(compose, demo_ro
     assert tables, "no generations table was logged"
     table = json.loads(tables[0].read_text())
     assert table["columns"] == ["step", "id", "question", "reference", "answer"] and table["data"]
+
+
+def test_training_split_statistics_are_saved_and_eval_windows_vote(compose, demo_root, tmp_path):
+    """ecg_signal=strodthoff: 2.5 s crops, per-lead statistics of folds 1-8, 7 voted windows per record."""
+    cfg = compose(
+        quick(demo_root, "model=tiny", "logger=csv", "trainer.max_steps=2", "ecg_signal=strodthoff",
+              f"ecg_signal.cache.cache_dir={tmp_path / 'cache'}"),
+        tmp_path / "run",
+    )
+    metrics = train(cfg)
+    table = pd.read_csv(demo_root / "ptbxl_database.csv", index_col="ecg_id")
+    train_records = table[table["strat_fold"] <= 8]["filename_lr"]
+    stored = np.concatenate([wfdb.rdrecord(str(demo_root / rel)).p_signal for rel in train_records])  # (N*T, 12)
+    saved = json.loads((tmp_path / "run" / "data_normalization.json").read_text())
+    np.testing.assert_allclose(saved["mean"], stored.mean(0), rtol=0, atol=1e-6)  # 100 Hz: no resampling
+    np.testing.assert_allclose(saved["std"], stored.std(0), rtol=1e-6, atol=0)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["MultimodalDataModule"]["normalization"] == saved
+    # limit_test_batches=1: one batch of 16 windows = records 1 and 2 (7 windows each) and 2 of record 3.
+    answers = [json.loads(line) for line in (tmp_path / "run" / "generations_test.jsonl").read_text().splitlines()]
+    assert [a["id"].split("#crop")[1] for a in answers] == [str(k) for k in range(7)] * 2 + ["0", "1"]
+    assert metrics["test/num_scored"] == 3
+    assert metrics["data/train/samples"] == 24 and metrics["data/test/samples"] == 3
 
 
 @pytest.mark.slow

@@ -15,8 +15,10 @@ from scipy.signal import resample_poly
 from mmmed_datasets import ecg_demo
 from mmmed_datasets.demo_folder import MANIFEST
 from mmmed_datasets.ecg_demo import RHYTHMS, _plan, ensure_demo_ptbxl, record_paths, simulate_12lead
-from mmmed_datasets.ptbxl import PTBXLDataset
-from mmmed_datasets.wfdb_ecg import read_ecg_record
+from mmmed_datasets.ecg_preprocess import ECGPreprocessing
+from mmmed_datasets.ptbxl import PTBXLDataset, load_superclass_map
+from mmmed_datasets.wfdb_ecg import CANONICAL_LEADS, read_wfdb
+from mmmed_datasets.ecg_signal import map_leads
 
 N_PATIENTS, PER_PATIENT, SEED = 30, 1, 0
 ALL_FOLDS = list(range(1, 11))
@@ -37,11 +39,15 @@ def demo(tmp_path_factory):
 
 
 def dataset(root, fs: int, folds=ALL_FOLDS) -> PTBXLDataset:
-    return PTBXLDataset(str(root), folds, fs, "<ecg>", list(RHYTHMS), "none")
+    preprocessing = ECGPreprocessing(
+        list(CANONICAL_LEADS), fs, 10, "error", "reject", "error", None, 4, None, 30, "none", "center", 1
+    )
+    return PTBXLDataset(str(root), folds, fs, "report", "<ecg>", None, list(RHYTHMS), preprocessing, False, "raise", None)
 
 
 def signal_of(ds: PTBXLDataset, ecg_id: int) -> np.ndarray:
-    return ds[list(ds.table.index).index(ecg_id)]["signals"]["ecg"][0].numpy().astype(np.float64)
+    index = [s.id for s in ds.samples].index(f"ptbxl/{ecg_id}")
+    return ds[index]["signals"]["ecg"][0]["signal"].numpy().astype(np.float64)
 
 
 def test_layout_and_manifest(demo):
@@ -52,7 +58,7 @@ def test_layout_and_manifest(demo):
         for rel in (row["filename_lr"], row["filename_hr"]):
             assert (root / f"{rel}.hea").is_file() and (root / f"{rel}.dat").is_file()
     assert json.loads((root / MANIFEST).read_text()) == {
-        "num_patients": N_PATIENTS, "records_per_patient": PER_PATIENT, "seed": SEED, "version": 1
+        "num_patients": N_PATIENTS, "records_per_patient": PER_PATIENT, "seed": SEED, "version": 2
     }
     assert [p.name for p in root.parent.iterdir()] == ["ptbxl"]  # no leftover temporary folder
 
@@ -86,7 +92,7 @@ def test_limb_leads_satisfy_einthoven_goldberger(demo, fs):
     root, table = demo
     ds = dataset(root, fs)
     for i in range(len(ds)):
-        x = ds[i]["signals"]["ecg"][0].numpy().astype(np.float64)
+        x = ds[i]["signals"]["ecg"][0]["signal"].numpy().astype(np.float64)
         lead_i, lead_ii = x[I], x[II]
         np.testing.assert_allclose(x[III], lead_ii - lead_i, atol=2e-3)
         np.testing.assert_allclose(x[AVR], -(lead_i + lead_ii) / 2, atol=2e-3)
@@ -126,8 +132,10 @@ def test_reports_codes_and_rates_agree(demo):
         # unambiguous: >= 5 bpm away from the 60/100 bpm thresholds, and the class follows the rate
         assert {"SBRAD": row["heart_rate"] <= 55, "SR": 65 <= row["heart_rate"] <= 95,
                 "STACH": row["heart_rate"] >= 105}[code]
-        assert labels.label_of(row["scp_codes"]) == code
+        assert labels.label_of(codes) == code
         assert labels[i]["label"] == code and labels[i]["answer"] == row["report"]
+    # every demo record is NORM, the only diagnostic statement it carries (rhythms have no class)
+    assert load_superclass_map(root / "scp_statements.csv") == {"NORM": "NORM"}
     # the plan's rates are what the table says
     plan = _plan(N_PATIENTS, PER_PATIENT, SEED)
     # (the CSV stores repr(float); pandas' default parser may differ in the last bit)
@@ -200,7 +208,8 @@ def test_several_records_per_patient_are_consecutive_slices(tmp_path):
         sim = simulate_12lead(job["heart_rate"], 20, job["seed"])
         for k, ecg_id in enumerate(job["ecg_ids"]):
             part = sim[k * 5000 : (k + 1) * 5000]
-            got = read_ecg_record(root / record_paths(ecg_id)[1], 500, 5000)
+            raw = read_wfdb(root / record_paths(ecg_id)[1])
+            got, _ = map_leads(raw.signal, raw.lead_names, raw.source)
             np.testing.assert_allclose(got, quantise(part).T, rtol=0, atol=1e-6)
 
 

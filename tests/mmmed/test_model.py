@@ -17,7 +17,7 @@ N_TOKENS = 4
 
 def make(tiny_llm, adapter=MLPProjector):
     formatter = ChatFormatter(tiny_llm.tokenizer, [Modality("ecg", N_TOKENS)], "Be brief.", max_length=96)
-    encoder = ECGCNNEncoder(in_leads=12, widths=[8, 16], kernel_size=5, num_tokens=N_TOKENS)
+    encoder = ECGCNNEncoder(in_leads=12, widths=[8, 16], kernel_size=5, num_tokens=N_TOKENS, lead_mask_input=False)
     model = MultimodalLM(tiny_llm.model, {"ecg": encoder}, adapter, formatter.placeholder_ids)
     return model, formatter
 
@@ -58,6 +58,28 @@ def test_splice_puts_encoder_tokens_exactly_at_placeholders(tiny_llm):
         torch.testing.assert_close(embeds[row, where], expected_tokens[row], rtol=0, atol=0)
         other = ids[row] != pid
         torch.testing.assert_close(embeds[row, other], text_embeds(ids[row, other]), rtol=0, atol=0)
+
+
+def test_signals_with_a_lead_mask_reach_the_encoder_as_keywords(tiny_llm):
+    formatter = ChatFormatter(tiny_llm.tokenizer, [Modality("ecg", N_TOKENS)], "Be brief.", max_length=96)
+    encoder = ECGCNNEncoder(in_leads=12, widths=[8, 16], kernel_size=5, num_tokens=N_TOKENS, lead_mask_input=True)
+    model = MultimodalLM(tiny_llm.model, {"ecg": encoder}, MLPProjector, formatter.placeholder_ids).eval()
+    samples = items(3)
+    masks = [torch.ones(12, dtype=torch.bool), torch.arange(12) != 9, torch.arange(12) < 2]
+    for sample, mask in zip(samples, masks):
+        signal = sample["signals"]["ecg"][0] * mask[:, None]  # missing leads arrive as zeros
+        sample["signals"]["ecg"] = [{"signal": signal, "lead_mask": mask}]
+    batch = MultimodalCollator(formatter)(samples)
+    signals = batch["signals"]["ecg"]
+    assert signals["signal"].shape == (3, 12, 200) and torch.equal(signals["lead_mask"], torch.stack(masks))
+    embeds = model.embed(batch["input_ids"], batch["signals"])
+    pid = formatter.placeholder_ids["ecg"]
+    for row in range(3):
+        alone = model.adapters["ecg"](encoder(signals["signal"][row : row + 1], signals["lead_mask"][row : row + 1]))
+        torch.testing.assert_close(embeds[row, batch["input_ids"][row] == pid], alone[0], rtol=1e-5, atol=1e-6)
+    # The same zeros, declared present instead of missing, give other tokens: the encoder sees the mask.
+    declared_present = encoder(signals["signal"][1:2], torch.ones(1, 12, dtype=torch.bool))
+    assert not torch.allclose(declared_present, encoder(signals["signal"][1:2], signals["lead_mask"][1:2]))
 
 
 def test_placeholder_count_mismatch_is_an_error(tiny_llm):
