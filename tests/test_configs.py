@@ -29,16 +29,32 @@ def test_every_encoder_builds_and_emits_its_declared_tokens(compose, encoder, tm
     assert all(p.grad is not None for p in net.parameters())
 
 
+XRAY_DATA = {"mimic_cxr", "mimic_cxr_demo", "chexpert", "xray_manifest"}
+
+
 @pytest.mark.parametrize("data", names("data"))
 def test_every_data_config_composes_with_its_modality(compose, data, tmp_path):
-    encoder = "ecg" if "ptbxl" in data else "xray"
+    encoder = "xray" if data in XRAY_DATA else "ecg"
     cfg = compose([f"encoder={encoder}", f"data={data}", "data.root=/data/somewhere"], tmp_path)
     assert get_class(cfg.data.dataset._target_) and get_class(cfg.data._target_)
     assert cfg.data.dataset.root == "/data/somewhere"
-    if "question" in cfg.data.dataset:  # the manifest carries its questions in the CSV
-        assert f"<{cfg.encoder.modality}>" in cfg.data.dataset.question
+    question = cfg.data.dataset.get("question")
+    if question:  # manifests and ECG-QA carry their questions in their files
+        assert f"<{cfg.encoder.modality}>" in question
     if encoder == "xray":  # the image size follows the encoder's
         assert cfg.data.dataset.images.size == cfg.encoder.net.img_size
+    else:  # every ECG source runs the one shared pipeline, and the encoder takes its leads
+        assert cfg.data.dataset.preprocessing == cfg.ecg_signal.preprocessing
+        assert cfg.data.dataset.cache == cfg.ecg_signal.cache
+        assert cfg.encoder.net.in_leads == len(cfg.ecg_signal.preprocessing.leads)
+        assert {s.train for s in cfg.data.splits.values()} == {True, False} and cfg.data.splits.train.train
+
+
+@pytest.mark.parametrize("signal", names("ecg_signal"))
+def test_every_ecg_signal_config_builds(compose, signal, tmp_path):
+    cfg = compose(["encoder=ecg", f"ecg_signal={signal}"], tmp_path)
+    preprocessing = instantiate(cfg.ecg_signal.preprocessing)
+    assert preprocessing.num_samples == round(cfg.ecg_signal.preprocessing.seconds * cfg.ecg_signal.preprocessing.sampling_rate)
 
 
 @pytest.mark.parametrize("adapter", names("adapter"))
