@@ -27,6 +27,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+import wfdb
 
 from mmmed_datasets.ecg_preprocess import ECGPreprocessing, PreparedECG
 from mmmed_datasets.ecg_signal import ECGRecordError
@@ -38,12 +39,26 @@ POOL_MIN_RECORDS = 256  # below this, spawning workers (each re-imports torch) c
 
 
 def record_files(path: str | Path) -> list[Path]:
-    """The files a record's content comes from: the DICOM file, or the WFDB header and its .dat."""
+    """The files a record's content comes from: the DICOM file, or the WFDB header and its signal files.
+
+    The usual single-file record (``name.hea`` + ``name.dat``) is answered without parsing the header;
+    otherwise (multi-segment records, signal files with other names) the header says which files.
+    """
     path = Path(path)
     if path.suffix.lower() == ".dcm":
         return [path]
     base = path.with_suffix("") if path.suffix in (".hea", ".dat") else path
-    return [base.parent / f"{base.name}.hea", base.parent / f"{base.name}.dat"]
+    header, dat = base.parent / f"{base.name}.hea", base.parent / f"{base.name}.dat"
+    if dat.is_file() or not header.is_file():
+        return [header, dat]
+    try:
+        parsed = wfdb.rdheader(str(base))
+    except Exception:  # an unreadable header: its own bytes are the content; reading it reports the error
+        return [header]
+    if getattr(parsed, "seg_name", None) is not None:
+        segments = [name for name in parsed.seg_name if name != "~"]
+        return [header] + [f for name in segments for f in record_files(base.parent / name)]
+    return [header] + [base.parent / name for name in dict.fromkeys(parsed.file_name or [])]
 
 
 def records_key(paths: list[str]) -> str:

@@ -115,8 +115,8 @@ class ECGPreprocessing:
             raise ValueError(f"ecg_signal.bandpass={list(bandpass)} must be [low, high] with 0 < low < high < {nyquist:g} Hz")
         if notch is not None and not 0 < notch < nyquist:
             raise ValueError(
-                f"ecg_signal.notch={notch} Hz is not below the Nyquist frequency ({nyquist:g} Hz) of "
-                f"sampling_rate={sampling_rate:g}; resampling already removes it, set notch: null"
+                f"ecg_signal.notch={notch} Hz must lie between 0 and the Nyquist frequency ({nyquist:g} Hz) of "
+                f"sampling_rate={sampling_rate:g}; above it, resampling already removes the hum: set notch: null"
             )
         if eval_crops < 1:
             raise ValueError(f"ecg_signal.eval_crops must be >= 1, not {eval_crops}")

@@ -1,12 +1,37 @@
-"""Lead mapping, resampling, crop/pad and NaN policies, checked against independent references."""
+"""Lead mapping, resampling, filters, windows, z-scores, crop/pad and NaN policies, against independent references."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.signal import butter, filtfilt, iirnotch, sosfiltfilt
 
-from mmmed_datasets.ecg_signal import fix_length, map_leads, repair_nans, resample
+from mmmed_datasets.ecg_signal import (
+    bandpass,
+    fix_length,
+    map_leads,
+    notch,
+    repair_nans,
+    resample,
+    window_offsets,
+    zscore,
+)
 from mmmed_datasets.wfdb_ecg import CANONICAL_LEADS, ECGRecordError
+
+FS = 500
+MIDDLE = slice(4 * FS, -4 * FS)
+
+
+def sines(freqs: list[float], seconds: float = 10, fs: float = FS) -> np.ndarray:
+    """(len(freqs), T): one unit sine per row, so each row tests one frequency."""
+    t = np.arange(int(seconds * fs)) / fs
+    return np.stack([np.sin(2 * np.pi * f * t) for f in freqs])
+
+
+def amplitude(x: np.ndarray, fs: float = FS) -> np.ndarray:
+    """Peak amplitude per row in the middle 2 s (a 0.5 Hz high-pass rings for seconds at the edges)."""
+    return np.abs(x[:, MIDDLE]).max(-1)
+
 
 MIMIC_ORDER = ["I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V5", "V6"]
 
@@ -91,3 +116,80 @@ def test_nan_policies():
     with pytest.raises(ECGRecordError, match="lead II is entirely NaN"):
         repair_nans(holed, "interpolate", "r")
     assert repair_nans(ramp, "reject", "r")[1] == 0
+
+
+def test_bandpass_is_butterworth_sos_forward_backward():
+    x = sines([0.05, 10, 150])  # baseline drift, in band, above the band
+    x[0] += 0.3  # the drift sits on a DC offset
+    y = bandpass(x, FS, 0.5, 40, order=4)
+    assert y.shape == x.shape and y.dtype == np.float32
+    reference = sosfiltfilt(butter(4, [0.5, 40], btype="bandpass", fs=FS, output="sos"), x, axis=-1)
+    np.testing.assert_array_equal(y, reference.astype(np.float32))
+    gain = amplitude(y)
+    assert gain[0] < 0.01 and abs(gain[1] - 1) < 0.01 and gain[2] < 0.01  # zero phase: no delay, no loss in band
+    np.testing.assert_allclose(y[1, MIDDLE], x[1, MIDDLE], atol=0.01)
+
+
+@pytest.mark.parametrize("low,high", [(0, 40), (40, 0.5), (10, 10), (0.5, 250), (0.5, 300)])
+def test_bandpass_out_of_range(low, high):
+    with pytest.raises(ValueError) as info:
+        bandpass(sines([10]), FS, low, high, order=4)
+    assert str(info.value) == f"band-pass {low}-{high} Hz needs 0 < low < high < Nyquist (250 Hz)"
+
+
+def test_notch_is_iirnotch_forward_backward():
+    x = sines([50, 10])
+    y = notch(x, FS, 50, 30)
+    assert y.shape == x.shape and y.dtype == np.float32
+    b, a = iirnotch(50, 30, fs=FS)
+    np.testing.assert_array_equal(y, filtfilt(b, a, x, axis=-1).astype(np.float32))
+    assert amplitude(y)[0] < 0.01  # mains removed
+    np.testing.assert_allclose(y[1, MIDDLE], x[1, MIDDLE], atol=0.01)  # the rest kept, in phase
+
+
+@pytest.mark.parametrize("freq", [0, 250, 300])
+def test_notch_out_of_range(freq):
+    with pytest.raises(ValueError) as info:
+        notch(sines([10]), FS, freq, 30)
+    assert str(info.value) == f"notch at {freq} Hz needs 0 < freq < Nyquist (250 Hz)"
+
+
+def test_window_offsets_are_evenly_spaced_and_flush():
+    assert window_offsets(20, 10, 3) == [0, 5, 10]
+    assert window_offsets(20, 10, 4) == [0, 3, 7, 10]  # 10/3 and 20/3 rounded
+    assert window_offsets(1000, 250, 5) == [0, 188, 375, 562, 750]  # 187.5 and 562.5 round to even
+    assert window_offsets(20, 10, 1) == [5]  # a single window is centred
+    assert window_offsets(21, 10, 1) == [5]
+    assert window_offsets(10, 10, 3) == [0, 0, 0]
+    for count in (2, 7):
+        offsets = window_offsets(5000, 1000, count)
+        assert offsets[0] == 0 and offsets[-1] == 4000 and len(offsets) == count
+        np.testing.assert_allclose(np.diff(offsets), 4000 / (count - 1), atol=1)
+
+
+@pytest.mark.parametrize("total,length,count", [(9, 10, 1), (20, 10, 0)])
+def test_window_offsets_impossible(total, length, count):
+    with pytest.raises(ValueError) as info:
+        window_offsets(total, length, count)
+    assert str(info.value) == f"cannot place {count} windows of {length} samples in {total}"
+
+
+def test_zscore_per_record():
+    rng = np.random.default_rng(0)
+    x = (rng.normal(0, 1, size=(3, 400)) * [[0.5], [2.0], [1.0]] + [[1.0], [-3.0], [0.0]]).astype(np.float32)
+    x[2] = -3.7  # a lost electrode at a DC offset
+    y = zscore(x)
+    assert y.dtype == np.float32
+    x64 = x.astype(np.float64)
+    reference = (x64[:2] - x64[:2].mean(-1, keepdims=True)) / x64[:2].std(-1, keepdims=True)
+    np.testing.assert_allclose(y[:2], reference, rtol=0, atol=1e-5)
+    assert (y[2] == 0).all()  # not rounding residue divided by a floor
+
+
+def test_zscore_with_given_statistics():
+    x = np.array([[1.0, 2.0, 4.0], [0.5, 0.5, 0.5], [3.0, -1.0, 0.0]], dtype=np.float32)
+    mean, std = np.array([1.0, 0.5, -2.0]), np.array([2.0, 0.25, 0.0])
+    y = zscore(x, mean, std)
+    assert y.dtype == np.float32
+    expected = [[0.0, 0.5, 1.5], [0.0, 0.0, 0.0], [5e6, 1e6, 2e6]]  # std 0 is floored at 1e-6
+    np.testing.assert_allclose(y, expected, rtol=1e-6)

@@ -1,4 +1,4 @@
-"""read_ecg_record: leads selected by name into canonical order, every bad record rejected by name."""
+"""read_wfdb and ECGPreprocessing.prepare on real WFDB files: formats, rates, lead names, NaNs, segments, bad input."""
 
 from __future__ import annotations
 
@@ -8,168 +8,332 @@ from pathlib import Path
 import numpy as np
 import pytest
 import wfdb
+from scipy.signal import resample_poly
 
-from mmmed_datasets.wfdb_ecg import CANONICAL_LEADS, ECGRecordError, read_ecg_record
+from mmmed_datasets.ecg_preprocess import ECGPreprocessing
+from mmmed_datasets.ecg_signal import CANONICAL_LEADS, ECGRecordError
+from mmmed_datasets.wfdb_ecg import read_wfdb
 
-FS = 100
-T = 1000  # 10 s at 100 Hz
-
-
-def quantise(x: np.ndarray) -> np.ndarray:
-    """What a format-16, 1000 adu/mV, baseline-0 record stores."""
-    return np.round(x * 1000) / 1000
+PTB_NAMES = ["i", "ii", "iii", "avr", "avl", "avf", "v1", "v2", "v3", "v4", "v5", "v6", "vx", "vy", "vz"]
+MIMIC_NAMES = ["I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V5", "V6"]
+SIZE_HINT = "(truncated file, or a header whose length or channel count disagrees with the data)"
 
 
-def signal_for(names: list[str], seed: int = 0, n: int = T) -> np.ndarray:
-    """(n, len(names)) mV; column k gets a lead-specific offset so a wrong lead order cannot pass."""
+def signal_for(channels: int, samples: int, seed: int = 0) -> np.ndarray:
+    """(samples, channels) mV; channel k carries an offset of 0.25 k mV, so a wrong lead order cannot pass."""
     rng = np.random.default_rng(seed)
-    return rng.normal(0, 0.5, size=(n, len(names))) + np.arange(len(names)) * 0.25
+    return rng.normal(0, 0.5, size=(samples, channels)) + np.arange(channels) * 0.25
 
 
-def write(path: Path, signal: np.ndarray, names: list[str], fs: int = FS) -> Path:
-    wfdb.wrsamp(
-        path.name,
-        fs=fs,
-        units=["mV"] * len(names),
-        sig_name=names,
-        p_signal=signal,
-        fmt=["16"] * len(names),
-        adc_gain=[1000.0] * len(names),
-        baseline=[0] * len(names),
-        write_dir=str(path.parent),
-    )
+def quantise(x: np.ndarray, gain: float = 1000.0) -> np.ndarray:
+    """The physical values a record with this ADC gain stores (NaN stays NaN)."""
+    return np.round(x * gain) / gain
+
+
+def write(path: Path, signal: np.ndarray, names: list[str], fs: float, fmt: str = "16", gain: float = 1000.0,
+          baseline: int = 0, units: list[str] | None = None) -> Path:
+    """A WFDB record at ``path`` (no suffix) holding (T, C) ``signal``."""
+    channels = len(names)
+    wfdb.wrsamp(path.name, fs=fs, units=units or ["mV"] * channels, sig_name=names, p_signal=signal,
+                fmt=[fmt] * channels, adc_gain=[gain] * channels, baseline=[baseline] * channels,
+                write_dir=str(path.parent))
     return path
 
 
-@pytest.fixture
-def good(tmp_path) -> tuple[Path, np.ndarray]:
-    names = list(CANONICAL_LEADS)
-    signal = signal_for(names)
-    return write(tmp_path / "rec", signal, names), signal
+def pipeline(**overrides) -> ECGPreprocessing:
+    """The default pipeline (12 canonical leads, mV out, no filters), with ``overrides``."""
+    settings = dict(leads=list(CANONICAL_LEADS), sampling_rate=500, seconds=2, missing_leads="error",
+                    nan_policy="interpolate", short_records="error", bandpass=None, filter_order=4, notch=None,
+                    notch_quality=30, normalize="none", eval_crop="center", eval_crops=1)
+    return ECGPreprocessing(**{**settings, **overrides})
 
 
-def test_reads_canonical_record_exactly(good):
-    path, signal = good
-    out = read_ecg_record(path, FS, T)
-    assert out.shape == (12, T) and out.dtype == np.float32
-    np.testing.assert_allclose(out, quantise(signal).T, rtol=0, atol=1e-6)
-    # str path works the same
-    np.testing.assert_array_equal(read_ecg_record(str(path), FS, T), out)
+def resampled(x: np.ndarray, up: int, down: int) -> np.ndarray:
+    """Reference resampling of (C, T): the pipeline holds selected leads as float32, resamples in float64."""
+    return resample_poly(x.astype(np.float32).astype(np.float64), up, down, axis=-1).astype(np.float32)
 
 
-def test_shuffled_mixed_case_leads_come_back_in_canonical_order(tmp_path):
-    perm = np.random.default_rng(1).permutation(12)
-    # Stored order is shuffled; names use other capitalisations than CANONICAL_LEADS.
-    spelled = {"aVR": "avr", "aVL": "AVL", "aVF": "Avf", "V1": "v1", "I": "i"}
-    stored = [spelled.get(CANONICAL_LEADS[k], CANONICAL_LEADS[k]) for k in perm]
-    canonical = signal_for(list(CANONICAL_LEADS), seed=2)  # column k = lead CANONICAL_LEADS[k]
-    path = write(tmp_path / "shuffled", canonical[:, perm], stored)
-    assert wfdb.rdheader(str(path)).sig_name == stored  # the file really is shuffled
-    out = read_ecg_record(path, FS, T)
-    np.testing.assert_allclose(out, quantise(canonical).T, rtol=0, atol=1e-6)
-
-
-def test_custom_lead_order_is_honoured(good):
-    path, signal = good
-    leads = tuple(reversed(CANONICAL_LEADS))
-    out = read_ecg_record(path, FS, T, leads=leads)
-    np.testing.assert_allclose(out, quantise(signal[:, ::-1]).T, rtol=0, atol=1e-6)
-
-
-# ---- each bad input: ECGRecordError naming the record and the problem ---------------------------
-
-
-def expect_error(path: Path, problem: str, **kwargs) -> ECGRecordError:
-    args = {"sampling_rate": FS, "num_samples": T, **kwargs}
-    with pytest.raises(ECGRecordError, match=re.escape(f"ECG record {path}: {problem}")) as info:
-        read_ecg_record(path, **args)
-    assert info.value.record == str(path)
-    assert isinstance(info.value, ValueError)
+def expect_error(call, record: Path, problem: str) -> ECGRecordError:
+    """``call()`` raises ECGRecordError with exactly this record and problem."""
+    with pytest.raises(ECGRecordError) as info:
+        call()
+    assert str(info.value) == f"ECG record {record}: {problem}"
+    assert info.value.record == str(record) and info.value.problem == problem
     return info.value
 
 
+@pytest.fixture
+def canonical(tmp_path) -> tuple[Path, np.ndarray]:
+    """A PTB-XL-style 12-lead record, 2 s at 500 Hz, format 16."""
+    signal = signal_for(12, 1000)
+    return write(tmp_path / "rec", signal, list(CANONICAL_LEADS), 500), signal
+
+
+# ---- reading: formats, rates and lead names -------------------------------------------------
+
+
+def test_canonical_record_reads_exactly(canonical):
+    path, signal = canonical
+    raw = read_wfdb(path)
+    assert raw.lead_names == list(CANONICAL_LEADS) and raw.fs == 500.0 and raw.source == str(path)
+    assert raw.signal.dtype == np.float64
+    np.testing.assert_array_equal(raw.signal, quantise(signal).T)
+    for spelled in (path.with_suffix(".hea"), path.with_suffix(".dat"), str(path)):
+        np.testing.assert_array_equal(read_wfdb(spelled).signal, raw.signal)
+
+
+def test_ptb_lower_case_names_frank_leads_and_1000_hz(tmp_path):
+    signal = signal_for(15, 2000, seed=1)  # 2 s at 1000 Hz, PTB's 15 channels
+    path = write(tmp_path / "s0010_re", signal, PTB_NAMES, 1000)
+    raw = read_wfdb(path)
+    assert raw.lead_names == PTB_NAMES and raw.fs == 1000.0  # the reader keeps every voltage channel
+    prepared = pipeline(sampling_rate=500, seconds=2).prepare(path)
+    order = [PTB_NAMES.index(lead.lower()) for lead in CANONICAL_LEADS]
+    expected = resampled(quantise(signal)[:, order].T, 1, 2)
+    assert prepared.signal.shape == (12, 1000) and prepared.signal.dtype == np.float32
+    np.testing.assert_array_equal(prepared.signal, expected)
+    assert prepared.lead_mask.tolist() == [True] * 12 and prepared.nan_samples == 0
+
+
+@pytest.fixture
+def mit_212(tmp_path) -> tuple[Path, np.ndarray]:
+    """A MIT-BIH-style record: format 212, 200 adu/mV, baseline 1024, 360 Hz, 10 s, leads II and V1."""
+    signal = signal_for(2, 3600, seed=2)
+    return write(tmp_path / "100", signal, ["II", "V1"], 360, fmt="212", gain=200.0, baseline=1024), signal
+
+
+def test_format_212_reads_exactly(mit_212):
+    path, signal = mit_212
+    assert wfdb.rdheader(str(path)).fmt == ["212", "212"]
+    assert path.with_suffix(".dat").stat().st_size == 3600 * 2 * 3 // 2  # 12 bits a sample
+    raw = read_wfdb(path)
+    assert raw.lead_names == ["II", "V1"] and raw.fs == 360.0
+    np.testing.assert_array_equal(raw.signal, quantise(signal, 200.0).T)
+
+
+def test_format_212_at_360_hz_resamples_to_500(mit_212):
+    path, signal = mit_212
+    prepared = pipeline(leads=["II", "V1"], seconds=10).prepare(path)
+    assert prepared.signal.shape == (2, 5000)
+    np.testing.assert_array_equal(prepared.signal, resampled(quantise(signal, 200.0).T, 25, 18))  # 500/360 = 25/18
+
+
+def test_missing_leads_become_zeros_with_a_mask(mit_212):
+    path, signal = mit_212
+    prepared = pipeline(seconds=10, missing_leads="zero").prepare(path)
+    present = [lead in ("II", "V1") for lead in CANONICAL_LEADS]
+    assert prepared.lead_mask.dtype == bool and prepared.lead_mask.tolist() == present
+    expected = np.zeros((12, 5000), dtype=np.float32)
+    expected[[1, 6]] = resampled(quantise(signal, 200.0).T, 25, 18)
+    np.testing.assert_array_equal(prepared.signal, expected)
+
+
+def test_missing_leads_error_lists_them(mit_212):
+    path, _ = mit_212
+    absent = [lead for lead in CANONICAL_LEADS if lead not in ("II", "V1")]
+    expect_error(lambda: pipeline(seconds=10).prepare(path), path, f"lead(s) {absent} not found among ['II', 'V1']")
+
+
+def test_mimic_lead_order_comes_back_canonical(tmp_path):
+    signal = signal_for(12, 1000, seed=3)
+    path = write(tmp_path / "40689238", signal, MIMIC_NAMES, 500)
+    assert read_wfdb(path).lead_names == MIMIC_NAMES  # stored order: aVF before aVL
+    prepared = pipeline().prepare(path)
+    order = [MIMIC_NAMES.index(lead) for lead in CANONICAL_LEADS]
+    assert order[4:6] == [5, 4]
+    np.testing.assert_array_equal(prepared.signal, quantise(signal)[:, order].T.astype(np.float32))
+
+
+def test_non_voltage_channels_are_dropped_and_microvolts_scaled(tmp_path):
+    signal = signal_for(3, 1000, seed=4)
+    path = write(tmp_path / "mixed", signal, ["I", "RESP", "II"], 500, units=["mV", "Ohm", "uV"])
+    raw = read_wfdb(path)
+    assert raw.lead_names == ["I", "II"]
+    np.testing.assert_array_equal(raw.signal[0], quantise(signal[:, 0]))
+    np.testing.assert_array_equal(raw.signal[1], quantise(signal[:, 2]) * 1e-3)
+    expect_error(lambda: pipeline(leads=["I", "RESP"]).prepare(path), path,
+                 "lead(s) ['RESP'] not found among ['I', 'II']")
+
+
+def test_unknown_lead_in_config_is_a_missing_lead(canonical):
+    path, _ = canonical
+    expect_error(lambda: pipeline(leads=["I", "X7"]).prepare(path), path,
+                 f"lead(s) ['X7'] not found among {list(CANONICAL_LEADS)}")
+
+
+# ---- NaN samples ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def holed(tmp_path) -> tuple[Path, np.ndarray]:
+    """12 leads, 2 s at 500 Hz, NaN runs: V2 [100, 110), I [0, 3) (at the edge) and I [500]."""
+    signal = signal_for(12, 1000, seed=5)
+    signal[100:110, 7] = np.nan
+    signal[0:3, 0] = np.nan
+    signal[500, 0] = np.nan
+    return write(tmp_path / "holed", signal, list(CANONICAL_LEADS), 500), signal
+
+
+def test_nan_is_stored_as_the_format_16_sentinel_and_read_back(holed):
+    path, signal = holed
+    stored = np.fromfile(path.with_suffix(".dat"), dtype="<i2").reshape(1000, 12)
+    assert ((stored == -32768) == np.isnan(signal)).all() and (stored == -32768).sum() == 14
+    raw = read_wfdb(path)
+    np.testing.assert_array_equal(np.isnan(raw.signal), np.isnan(signal).T)
+    np.testing.assert_array_equal(raw.signal, quantise(signal).T)  # NaNs compare equal here
+
+
+def test_nan_interpolate(holed):
+    path, signal = holed
+    prepared = pipeline(nan_policy="interpolate").prepare(path)
+    expected = quantise(signal).T.astype(np.float32)
+    time = np.arange(1000)
+    for lead in (0, 7):
+        bad = np.isnan(expected[lead])
+        expected[lead, bad] = np.interp(time[bad], time[~bad], expected[lead, ~bad])
+    assert expected[0, 0] == expected[0, 1] == expected[0, 3]  # before the first sample: the first value
+    np.testing.assert_array_equal(prepared.signal, expected)
+    assert prepared.nan_samples == 14
+
+
+def test_nan_zero(holed):
+    path, signal = holed
+    prepared = pipeline(nan_policy="zero").prepare(path)
+    np.testing.assert_array_equal(prepared.signal, np.nan_to_num(quantise(signal).T, nan=0.0).astype(np.float32))
+    assert prepared.nan_samples == 14
+
+
+def test_nan_reject(holed):
+    path, _ = holed
+    expect_error(lambda: pipeline(nan_policy="reject").prepare(path), path, "14 NaN samples (most in lead V2)")
+
+
+# ---- multi-segment records --------------------------------------------------------------------
+
+
+def test_fixed_layout_multi_segment_is_the_concatenation(tmp_path):
+    segments = [signal_for(12, 1000, seed=10 + k) for k in range(3)]
+    for k, segment in enumerate(segments):
+        write(tmp_path / f"seg{k}", segment, list(CANONICAL_LEADS), 500)
+    (tmp_path / "multi.hea").write_text("multi/3 12 500 3000\nseg0 1000\nseg1 1000\nseg2 1000\n")
+    whole = quantise(np.concatenate(segments)).T  # (12, 3000)
+    raw = read_wfdb(tmp_path / "multi")
+    assert raw.lead_names == list(CANONICAL_LEADS) and raw.fs == 500.0
+    np.testing.assert_array_equal(raw.signal, whole)
+    prepared = pipeline().prepare(tmp_path / "multi")
+    np.testing.assert_array_equal(prepared.signal, whole.astype(np.float32))
+    assert prepared.nan_samples == 0
+
+
+@pytest.fixture
+def variable_layout(tmp_path) -> tuple[Path, np.ndarray]:
+    """Leads I, II: segment a (500 samples), a 250-sample gap "~", b stored as [II, I] (500), c with I only (250)."""
+    a, b, c = signal_for(2, 500, seed=20), signal_for(2, 500, seed=21), signal_for(1, 250, seed=22)
+    write(tmp_path / "seg_a", a, ["I", "II"], 500)
+    write(tmp_path / "seg_b", b, ["II", "I"], 500)
+    write(tmp_path / "seg_c", c, ["I"], 500)
+    (tmp_path / "var_layout.hea").write_text(
+        "var_layout 2 500 0\n~ 0 1000.0(0)/mV 16 0 0 0 0 I\n~ 0 1000.0(0)/mV 16 0 0 0 0 II\n"
+    )
+    (tmp_path / "var.hea").write_text("var/5 2 500 1500\nvar_layout 0\nseg_a 500\n~ 250\nseg_b 500\nseg_c 250\n")
+    expected = np.full((2, 1500), np.nan)  # (leads I, II; T)
+    expected[:, :500] = quantise(a).T
+    expected[:, 750:1250] = quantise(b).T[::-1]
+    expected[0, 1250:] = quantise(c)[:, 0]
+    return tmp_path / "var", expected
+
+
+def test_variable_layout_gaps_read_as_nan(variable_layout):
+    path, expected = variable_layout
+    raw = read_wfdb(path)
+    assert raw.lead_names == ["I", "II"]
+    np.testing.assert_array_equal(raw.signal, expected)
+
+
+def test_variable_layout_gaps_count_as_nan_samples(variable_layout):
+    path, expected = variable_layout
+    zeroed = pipeline(leads=["I", "II"], seconds=3, nan_policy="zero").prepare(path)
+    np.testing.assert_array_equal(zeroed.signal, np.nan_to_num(expected, nan=0.0).astype(np.float32))
+    assert zeroed.nan_samples == 2 * 250 + 250 == int(np.isnan(expected).sum())
+    interpolated = pipeline(leads=["I", "II"], seconds=3, nan_policy="interpolate").prepare(path)
+    reference = expected.astype(np.float32)
+    time = np.arange(1500)
+    for lead in range(2):
+        bad = np.isnan(reference[lead])
+        reference[lead, bad] = np.interp(time[bad], time[~bad], reference[lead, ~bad])
+    np.testing.assert_array_equal(interpolated.signal, reference)
+
+
+# ---- bad input: each one an ECGRecordError naming the record and the problem -----------------
+
+
 def test_missing_header(tmp_path):
-    err = expect_error(tmp_path / "nothing", "header file nothing.hea not found")
-    assert err.problem == "header file nothing.hea not found"
+    expect_error(lambda: read_wfdb(tmp_path / "nothing"), tmp_path / "nothing", "header file nothing.hea not found")
 
 
-def test_missing_dat(good):
-    path, _ = good
+def test_missing_dat(canonical):
+    path, _ = canonical
     path.with_suffix(".dat").unlink()
-    err = expect_error(path, "signal file missing (")
-    assert str(path.with_suffix(".dat")) in err.problem
+    expect_error(lambda: read_wfdb(path), path, f"signal file missing ({path.with_suffix('.dat')})")
 
 
-def test_truncated_dat(good):
-    path, _ = good
+@pytest.mark.parametrize("size", [1000 * 12 * 2 // 2, 1000 * 12 * 2 - 1, 1000 * 12 * 2 + 1, 1000 * 12 * 2 + 24])
+def test_dat_size_disagreeing_with_the_header(canonical, size):
+    path, _ = canonical
     dat = path.with_suffix(".dat")
     data = dat.read_bytes()
-    dat.write_bytes(data[: len(data) // 2])
-    err = expect_error(path, "unreadable (")
-    assert "ValueError" in err.problem
+    assert len(data) == 1000 * 12 * 2  # 12 leads x 1000 samples x 2 bytes
+    dat.write_bytes((data + bytes(24))[:size])  # truncated, or longer than the header says
+    expect_error(lambda: read_wfdb(path), path,
+                 f"signal file rec.dat holds {size} bytes but the header's 12 signal(s) x 1000 samples in format 16 "
+                 f"need 24000 bytes {SIZE_HINT}")
 
 
-def test_truncated_dat_mid_frame(good):
-    path, _ = good
-    dat = path.with_suffix(".dat")
-    data = dat.read_bytes()
-    dat.write_bytes(data[: len(data) // 2 + 7])  # not a whole frame, not even a whole sample
-    expect_error(path, "unreadable (")
+def test_header_with_fewer_channels_than_the_data(canonical):
+    path, _ = canonical
+    header = path.with_suffix(".hea")
+    lines = header.read_text().splitlines()
+    assert lines[0] == "rec 12 500 1000" and len(lines) == 13
+    header.write_text("\n".join(["rec 11 500 1000"] + lines[1:12]) + "\n")  # V6's line removed
+    expect_error(lambda: read_wfdb(path), path,
+                 f"signal file rec.dat holds 24000 bytes but the header's 11 signal(s) x 1000 samples in format 16 "
+                 f"need 22000 bytes {SIZE_HINT}")
 
 
-def test_wrong_lead_count(tmp_path):
-    names = list(CANONICAL_LEADS[:11])
-    path = write(tmp_path / "eleven", signal_for(names), names)
-    expect_error(path, f"has 11 signals {names}, expected 12 leads {list(CANONICAL_LEADS)}")
+def test_header_longer_than_the_data(canonical):
+    path, _ = canonical
+    header = path.with_suffix(".hea")
+    header.write_text(header.read_text().replace("rec 12 500 1000", "rec 12 500 1200", 1))
+    expect_error(lambda: read_wfdb(path), path,
+                 f"signal file rec.dat holds 24000 bytes but the header's 12 signal(s) x 1200 samples in format 16 "
+                 f"need 28800 bytes {SIZE_HINT}")
 
 
-def test_missing_lead_name(tmp_path):
-    names = list(CANONICAL_LEADS[:11]) + ["X1"]
-    path = write(tmp_path / "renamed", signal_for(names), names)
-    expect_error(path, f"lead(s) ['V6'] not found among {names}")
+def test_missing_and_truncated_segments(tmp_path):
+    for k in range(2):
+        write(tmp_path / f"seg{k}", signal_for(2, 100, seed=k), ["I", "II"], 500)
+    (tmp_path / "multi.hea").write_text("multi/3 2 500 300\nseg0 100\nseg1 100\nseg2 100\n")
+    expect_error(lambda: read_wfdb(tmp_path / "multi"), tmp_path / "multi", "segment header seg2.hea not found")
+    write(tmp_path / "seg2", signal_for(2, 100, seed=2), ["I", "II"], 500)
+    dat = tmp_path / "seg1.dat"
+    dat.write_bytes(dat.read_bytes()[:-4])
+    expect_error(lambda: read_wfdb(tmp_path / "multi"), tmp_path / "multi",
+                 f"signal file seg1.dat holds 396 bytes but the header's 2 signal(s) x 100 samples in format 16 "
+                 f"need 400 bytes {SIZE_HINT}")
 
 
-def test_duplicate_lead_does_not_stand_in_for_missing_one(tmp_path):
-    names = list(CANONICAL_LEADS[:11]) + ["v5"]  # V5 twice (case differs), V6 absent
-    path = write(tmp_path / "dup", signal_for(names), names)
-    expect_error(path, f"lead name(s) ['v5'] appear more than once in {names}")
+def test_short_record_error_or_pad(tmp_path):
+    signal = signal_for(12, 750, seed=6)  # 1.5 s at 500 Hz; the window is 2 s
+    path = write(tmp_path / "short", signal, list(CANONICAL_LEADS), 500)
+    expect_error(lambda: pipeline().prepare(path), path,
+                 "1.5 s long (750 samples at 500 Hz), shorter than the 2 s window "
+                 "(ecg_signal.short_records=pad pads it)")
+    padded = pipeline(short_records="pad").prepare(path)
+    expected = np.zeros((12, 1000), dtype=np.float32)
+    expected[:, :750] = quantise(signal).T
+    np.testing.assert_array_equal(padded.signal, expected)
 
 
-def test_wrong_sampling_rate(tmp_path):
-    names = list(CANONICAL_LEADS)
-    path = write(tmp_path / "fs500", signal_for(names, n=5000), names, fs=500)
-    expect_error(path, "sampled at 500 Hz, configuration expects 100 Hz")
-    # and the right configuration reads it
-    assert read_ecg_record(path, 500, 5000).shape == (12, 5000)
-
-
-def test_wrong_length(tmp_path):
-    names = list(CANONICAL_LEADS)
-    path = write(tmp_path / "short", signal_for(names, n=500), names)
-    expect_error(path, "500 samples (5 s), expected 1000")
-
-
-def test_nan_samples(tmp_path):
-    names = list(CANONICAL_LEADS)
-    signal = signal_for(names)
-    signal[10:13, 7] = np.nan  # 3 in V2
-    signal[50, 0] = np.nan  # 1 in I
-    path = write(tmp_path / "nan", signal, names)
-    # wfdb stores NaN as format 16's sentinel -32768 (check the bytes, so the test knows what it tests)
-    raw = np.fromfile(path.with_suffix(".dat"), dtype="<i2").reshape(T, 12)
-    assert (raw == -32768).sum() == 4 and raw[10, 7] == -32768 and raw[50, 0] == -32768
-    expect_error(path, "4 NaN samples (most in lead V2)")
-
-
-def test_nan_sentinel_patched_into_bytes_reports_lead_in_canonical_order(tmp_path):
-    # Shuffled storage: the reported lead must be the canonical name of the NaN column, not its index.
-    perm = np.random.default_rng(3).permutation(12)
-    stored = [CANONICAL_LEADS[k] for k in perm]
-    path = write(tmp_path / "patched", signal_for(list(CANONICAL_LEADS))[:, perm], stored)
-    dat = path.with_suffix(".dat")
-    raw = np.fromfile(dat, dtype="<i2").reshape(T, 12).copy()
-    col = stored.index("aVL")
-    raw[100:105, col] = -32768
-    raw[7, stored.index("V3")] = -32768
-    raw.astype("<i2").tofile(dat)
-    expect_error(path, "6 NaN samples (most in lead aVL)")
+def test_record_error_is_a_value_error_with_the_path(tmp_path):
+    with pytest.raises(ValueError, match=re.escape(f"ECG record {tmp_path / 'x'}: header file x.hea not found")):
+        read_wfdb(tmp_path / "x.hea")
