@@ -26,6 +26,7 @@ test: install
 bench: install
 	$(PY) bench/train_throughput.py
 	$(PY) bench/xray_decode.py
+	$(PY) bench/ecg_loading.py
 
 clean-cache:
 	rm -rf $${MMMED_CACHE:-$$HOME/.cache/mmmed}

@@ -35,7 +35,7 @@ from mmmed_datasets.ecg_signal import ECGRecordError
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
-POOL_MIN_RECORDS = 256  # below this, spawning workers (each re-imports torch) costs more than it saves
+POOL_MIN_RECORDS = 2000  # below this, spawning workers (each re-imports torch, seconds) costs more than it saves
 
 
 def record_files(path: str | Path) -> list[Path]:
