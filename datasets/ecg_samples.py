@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 MODALITY = "ecg"  # questions mark each ECG with <ecg>
 ON_ERROR = ("raise", "skip")
+LOGGED_SKIPS = 50  # skips logged one by one; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -113,8 +114,11 @@ class ECGSampleDataset(Dataset):
                 continue
             self.samples.append(sample)
             self.record_index.append(indices)
-        for err in skipped:
+        for err in skipped[:LOGGED_SKIPS]:
             log.warning("%s: skipped %s: %s", source, err.record, err.problem)
+        if len(skipped) > LOGGED_SKIPS:  # at MIMIC-IV-ECG scale, thousands of lines would bury the rest
+            log.warning("%s: ... and %d more skipped (the first %d are listed above)", source,
+                        len(skipped) - LOGGED_SKIPS, LOGGED_SKIPS)
         used = sorted({i for indices in self.record_index for i in indices})
         nan_samples = sum(int(self.signals.nan_samples[i]) for i in used) if cache is not None else 0
         missing = sum(int(not self.signals.lead_masks[i].all()) for i in used) if cache is not None else 0
