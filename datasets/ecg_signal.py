@@ -1,8 +1,8 @@
 """Pure functions that bring an ECG as stored into the shape an encoder expects.
 
-Lead selection by name, resampling, crop/pad and NaN handling, each with an explicit policy and
-an error that names the record. The readers (WFDB, DICOM waveforms) call these; nothing here
-touches files.
+Lead selection by name, NaN handling, resampling, filtering, window placement and z-scoring, each
+with an explicit policy and an error that names the record. ``ecg_preprocess.ECGPreprocessing``
+chains them; nothing here touches files.
 """
 
 from __future__ import annotations
@@ -115,28 +115,6 @@ def zscore(signal: np.ndarray, mean: np.ndarray | None = None, std: np.ndarray |
         return np.where(std > 1e-6, (signal - mean) / np.maximum(std, 1e-6), 0.0).astype(np.float32)
     mean, std = np.asarray(mean, dtype=np.float64)[:, None], np.asarray(std, dtype=np.float64)[:, None]
     return ((signal - mean) / np.maximum(std, 1e-6)).astype(np.float32)
-
-
-def fix_length(signal: np.ndarray, length: int, mode: str, rng: np.random.Generator | None = None) -> np.ndarray:
-    """Crop or zero-pad (C, T) to (C, length).
-
-    ``mode``: ``random`` (training crops; needs ``rng``), ``center``, or ``start``. Padding is
-    split evenly on both sides for ``center`` and goes at the end otherwise.
-    """
-    if mode not in ("random", "center", "start"):
-        raise ValueError(f"mode must be 'random', 'center' or 'start', not {mode!r}")
-    total = signal.shape[-1]
-    if total >= length:
-        if mode == "random":
-            if rng is None:
-                raise ValueError("random crops need an rng")
-            offset = int(rng.integers(0, total - length + 1))
-        else:
-            offset = (total - length) // 2 if mode == "center" else 0
-        return signal[..., offset : offset + length]
-    missing = length - total
-    before = missing // 2 if mode == "center" else 0
-    return np.pad(signal, [(0, 0)] * (signal.ndim - 1) + [(before, missing - before)])
 
 
 def repair_nans(

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mmmed_datasets.manifest_table import read_manifest
 from mmmed_datasets.xray_cache import XrayImageCache
 from mmmed_datasets.xray_qa import MODALITY, SampleError, XrayQADataset, XraySample, check_on_error
 
@@ -46,20 +47,7 @@ class XrayManifestDataset(XrayQADataset):
         check_on_error(on_error)
         self.root = Path(root).expanduser()
         csv_path = self.root / csv
-        if not csv_path.is_file():
-            raise FileNotFoundError(f"X-ray manifest not found: {csv_path}")
-        # Strings throughout: an answer such as "None" or "NA" must stay text, not become NaN.
-        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-        missing = [c for c in REQUIRED if c not in table.columns]
-        if missing:
-            raise ValueError(f"{csv_path}: missing columns {missing}")
-        if split is not None:
-            if "split" not in table.columns:
-                raise ValueError(f"{csv_path}: split {split!r} requested but the manifest has no 'split' column")
-            table = table[table["split"].str.strip() == split]
-            if table.empty:
-                raise ValueError(f"{csv_path}: no rows in split {split!r}")
-
+        table = read_manifest(csv_path, REQUIRED, split, "X-ray")
         samples, skipped = [], []
         for index, row in table.iterrows():
             try:

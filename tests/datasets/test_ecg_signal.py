@@ -8,7 +8,6 @@ from scipy.signal import butter, filtfilt, iirnotch, sosfiltfilt
 
 from mmmed_datasets.ecg_signal import (
     bandpass,
-    fix_length,
     map_leads,
     notch,
     repair_nans,
@@ -87,18 +86,6 @@ def test_resampling_removes_content_above_the_new_nyquist():
     t = np.arange(5 * fs_in) / fs_in
     y = resample(np.sin(2 * np.pi * 80 * t)[None, :], fs_in, fs_out)  # 80 Hz > 50 Hz Nyquist
     assert np.abs(y[0, 50:-50]).max() < 0.05  # not aliased down to 20 Hz
-
-
-def test_crop_and_pad():
-    x = np.arange(10, dtype=np.float32)[None, :]
-    assert fix_length(x, 4, "center")[0].tolist() == [3, 4, 5, 6]
-    assert fix_length(x, 4, "start")[0].tolist() == [0, 1, 2, 3]
-    assert fix_length(x, 13, "center")[0].tolist() == [0] + list(range(10)) + [0, 0]
-    assert fix_length(x, 12, "start")[0].tolist() == list(range(10)) + [0, 0]
-    offsets = {int(fix_length(x, 4, "random", np.random.default_rng(seed))[0, 0]) for seed in range(50)}
-    assert offsets == set(range(7))  # every valid window, and only those
-    with pytest.raises(ValueError, match="random crops need an rng"):
-        fix_length(x, 4, "random")
 
 
 def test_nan_policies():
