@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from mmmed.datamodule import MultimodalDataModule
 from mmmed.lightning_module import MultimodalLitModule
 from mmmed.llm import LoadedLLM
+from mmmed.lora import apply_lora, check_quantization_possible
 from mmmed.metrics import AnswerClassifier
 from mmmed.model import MultimodalLM
 from mmmed.prompts import ChatFormatter, Modality
@@ -30,8 +31,18 @@ class Run:
 
 def build_run(cfg: DictConfig) -> Run:
     """Instantiate LLM, encoder, adapter, model, Lightning module and DataModule, in that order."""
-    log.info("LLM: %s", cfg.model.llm._target_)
-    llm: LoadedLLM = instantiate(cfg.model.llm)
+    stage = cfg.stage
+    lora = stage.get("lora")
+    log.info("LLM: %s; stage %s", cfg.model.llm._target_, stage.name)
+    if lora and lora.quantize_4bit:
+        check_quantization_possible()  # before minutes of loading weights
+    llm: LoadedLLM = instantiate(cfg.model.llm, **({"quantize_4bit": True} if lora and lora.quantize_4bit else {}))
+    if cfg.model.get("gradient_checkpointing"):
+        # Non-reentrant: with reentrant checkpointing a frozen LLM's inputs carry no grad, and the
+        # adapter below it silently gets none.
+        llm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if lora:
+        llm.model = apply_lora(llm.model, lora.r, lora.alpha, lora.dropout, list(lora.target_modules), lora.quantize_4bit)
     log.info("Encoder (%s): %s", cfg.encoder.modality, cfg.encoder.net._target_)
     encoder = instantiate(cfg.encoder.net)
     datamodule: MultimodalDataModule = instantiate(cfg.data)
@@ -48,13 +59,14 @@ def build_run(cfg: DictConfig) -> Run:
         {cfg.encoder.modality: encoder},
         instantiate(cfg.adapter),
         formatter.placeholder_ids,
-        train_llm=cfg.model.train_llm,
-        train_encoders=cfg.encoder.trainable,
+        train_llm=stage.train_llm,
+        train_encoders=stage.train_encoder,
     )
     module = MultimodalLitModule(
         model=model,
         tokenizer=llm.tokenizer,
         optimizer=instantiate(cfg.optimizer),
+        param_groups=OmegaConf.to_container(cfg.param_groups, resolve=True),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         classifier=AnswerClassifier(dict(datamodule.answer_classes)),
         max_new_tokens=datamodule.max_new_tokens,
@@ -72,4 +84,5 @@ def parameter_counts(model: MultimodalLM) -> dict[str, int]:
     counts["params/frozen"] = counts["params/total"] - counts["params/trainable"]
     for part in ("llm", "encoders", "adapters"):
         counts[f"params/{part}_trainable"] = sum(p.numel() for p in getattr(model, part).parameters() if p.requires_grad)
+    counts["params/lora"] = sum(p.numel() for p in model.parameter_groups().get("lora", []))
     return counts

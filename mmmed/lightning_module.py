@@ -40,7 +40,9 @@ class MultimodalLitModule(L.LightningModule):
     Args:
         model: the multimodal model (what trains is decided by its constructor).
         tokenizer: decodes generated answers.
-        optimizer: partial optimizer taking the trainable parameters.
+        optimizer: partial optimizer taking parameter groups.
+        param_groups: per trained part (``encoder``, ``adapter``, ``lora``, ``llm``) its optimizer
+            settings, e.g. ``{"lr": 1e-3, "weight_decay": 0.01}``.
         scheduler: partial taking ``optimizer`` and ``total_steps``, or None.
         classifier: maps an answer to its class for accuracy.
         max_new_tokens: generation budget when validating.
@@ -54,6 +56,7 @@ class MultimodalLitModule(L.LightningModule):
         model: MultimodalLM,
         tokenizer: PreTrainedTokenizerBase,
         optimizer: Callable[..., torch.optim.Optimizer],
+        param_groups: dict[str, dict],
         scheduler: Callable[..., Any] | None,
         classifier: AnswerClassifier,
         max_new_tokens: int,
@@ -65,6 +68,7 @@ class MultimodalLitModule(L.LightningModule):
         self.model = model
         self.tokenizer = tokenizer
         self.optimizer_factory = optimizer
+        self.param_groups = {part: dict(settings) for part, settings in param_groups.items()}
         self.scheduler_factory = scheduler
         self.classifier = classifier
         self.max_new_tokens = max_new_tokens
@@ -86,8 +90,13 @@ class MultimodalLitModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self) -> dict:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
+        groups = self.model.parameter_groups()
+        missing = sorted(set(groups) - set(self.param_groups))
+        if missing:
+            raise ValueError(f"param_groups has no learning rate / weight decay for the trained part(s) {missing}")
+        optimizer = self.optimizer_factory(
+            [{"params": params, "name": part, **self.param_groups[part]} for part, params in groups.items()]
+        )
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))

@@ -130,11 +130,28 @@ def load_tokenizer(checkpoint: str, trust_remote_code: bool = False) -> PreTrain
     return tokenizer
 
 
-def load_causal_lm(checkpoint: str, dtype: str = "bfloat16", trust_remote_code: bool = False) -> PreTrainedModel:
-    """Load a causal LM from a resolved checkpoint in ``dtype`` and put it in eval mode."""
+def load_causal_lm(
+    checkpoint: str, dtype: str = "bfloat16", trust_remote_code: bool = False, quantize_4bit: bool = False
+) -> PreTrainedModel:
+    """Load a causal LM from a resolved checkpoint in ``dtype`` and put it in eval mode.
+
+    ``quantize_4bit`` (QLoRA) stores the frozen weights in 4-bit NF4 via bitsandbytes, computing in ``dtype``.
+    """
+    extra = {}
+    if quantize_4bit:
+        from transformers import BitsAndBytesConfig
+
+        extra["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=getattr(torch, dtype),
+        )
     model = AutoModelForCausalLM.from_pretrained(
-        checkpoint, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
+        checkpoint, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, **extra
     )
+    if quantize_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return model.eval()
 
 
@@ -153,11 +170,12 @@ def load_llm(
     dtype: str,
     gguf_fallback: dict | None = None,
     trust_remote_code: bool = False,
+    quantize_4bit: bool = False,
 ) -> LoadedLLM:
     """Resolve, then load a pretrained instruct LLM and its tokenizer (see module docstring)."""
     checkpoint = resolve_checkpoint(hub_id, cache_dir, gguf_fallback)
     tokenizer = load_tokenizer(checkpoint, trust_remote_code)
-    model = load_causal_lm(checkpoint, dtype, trust_remote_code)
+    model = load_causal_lm(checkpoint, dtype, trust_remote_code, quantize_4bit)
     source = Path(checkpoint).name if Path(checkpoint).is_dir() else "hub"
     return LoadedLLM(model, tokenizer, f"{hub_id}:{source}")
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
+from mmmed.lora import is_lora_parameter
 from mmmed.prompts import IGNORE_INDEX
 
 
@@ -50,7 +51,13 @@ class MultimodalLM(nn.Module):
         self.placeholder_ids = dict(placeholder_ids)
         self.train_llm = train_llm
         self.train_encoders = train_encoders
+        # A PEFT-wrapped LLM trains its LoRA weights while the base stays frozen.
+        self.has_lora = any(is_lora_parameter(name) for name, _ in llm.named_parameters())
         self.llm.requires_grad_(train_llm)
+        if self.has_lora:
+            for name, param in self.llm.named_parameters():
+                if is_lora_parameter(name):
+                    param.requires_grad_(True)
         self.encoders.requires_grad_(train_encoders)
         self.adapters.requires_grad_(True)
         self.train()
@@ -58,16 +65,43 @@ class MultimodalLM(nn.Module):
     def train(self, mode: bool = True) -> "MultimodalLM":
         """Like ``nn.Module.train``, but frozen parts stay in eval mode (no dropout, fixed norms)."""
         super().train(mode)
-        if not self.train_llm:
+        if not self.train_llm and not self.has_lora:
             self.llm.eval()
         if not self.train_encoders:
             self.encoders.eval()
         return self
 
+    def _is_trained(self, key: str) -> bool:
+        if key.startswith("adapters."):
+            return True
+        if key.startswith("encoders."):
+            return self.train_encoders
+        if key.startswith("llm."):
+            return self.train_llm or (self.has_lora and is_lora_parameter(key))
+        return False
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """The weights that train (and buffers of trained modules): what a checkpoint must hold."""
-        keep = ["adapters."] + (["encoders."] if self.train_encoders else []) + (["llm."] if self.train_llm else [])
-        return {k: v for k, v in self.state_dict().items() if k.startswith(tuple(keep))}
+        """The weights that train (and buffers of trained modules): what a checkpoint must hold.
+
+        A frozen LLM is never saved; with LoRA only the adapter weights of the LLM are.
+        """
+        return {k: v for k, v in self.state_dict().items() if self._is_trained(k)}
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters by part: ``encoder``, ``adapter``, ``lora``, ``llm`` (empty parts left out)."""
+        groups: dict[str, list[nn.Parameter]] = {"encoder": [], "adapter": [], "lora": [], "llm": []}
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            if name.startswith("encoders."):
+                groups["encoder"].append(param)
+            elif name.startswith("adapters."):
+                groups["adapter"].append(param)
+            elif is_lora_parameter(name):
+                groups["lora"].append(param)
+            else:
+                groups["llm"].append(param)
+        return {part: params for part, params in groups.items() if params}
 
     def embed(self, input_ids: torch.Tensor, signals: dict[str, torch.Tensor | dict[str, torch.Tensor]]) -> torch.Tensor:
         """Token embeddings with each modality's adapter output scattered into its placeholders. (B, L, D)"""
