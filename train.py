@@ -41,7 +41,8 @@ def train(cfg: DictConfig) -> dict:
         logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), **counts})
 
     started = time.perf_counter()
-    trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=cfg.get("ckpt_path"))
+    # weights_only: a checkpoint is data; unpickling one must never be able to run code.
+    trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     if trainer.checkpoint_callback is not None:
         # ModelCheckpoint saves at validations; a run stopping between two must not lose its last steps.
         trainer.save_checkpoint(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt")
@@ -51,7 +52,7 @@ def train(cfg: DictConfig) -> dict:
     best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
     weights_from = "end of fit"  # val/* above describe the last validation of these weights
     if cfg.get("test_after_fit"):
-        trainer.test(run.module, datamodule=run.datamodule, ckpt_path=best or None)
+        trainer.test(run.module, datamodule=run.datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
         weights_from = best or weights_from  # testing loaded the best checkpoint into the module
     metrics.update(counts)
@@ -63,11 +64,14 @@ def train(cfg: DictConfig) -> dict:
     metrics.update(data_stats)
     metrics["weights_from"] = weights_from
 
+    # Every rank takes part: sharding strategies (FSDP2) gather the weights collectively, onto rank 0.
+    gathered = trainer.strategy.lightning_module_state_dict()  # {"model.<key>": tensor}, as in checkpoints
+    trained = list(run.module.model.trainable_state_dict())
     if trainer.is_global_zero:
         ckpt_dir = out_dir / "checkpoints"
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         weights = ckpt_dir / "trainable.safetensors"
-        state = {k: v.detach().cpu().contiguous() for k, v in run.module.model.trainable_state_dict().items()}
+        state = {k: gathered[f"model.{k}"].detach().cpu().contiguous() for k in trained}
         save_file(state, weights, metadata={"llm": run.llm.identity, "weights_from": weights_from})
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         if run.datamodule.normalization is not None:  # also inside every checkpoint

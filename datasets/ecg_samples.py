@@ -174,12 +174,16 @@ class ECGSampleDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples) * (1 if self.train else self.preprocessing.eval_crops)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict:
+        # The training sampler passes (index, item seed): a crop then depends on (run seed, epoch,
+        # position) only, which makes a resumed run draw exactly the crops of an uninterrupted one.
+        index, item_seed = index if isinstance(index, tuple) else (index, None)
         crops = 1 if self.train else self.preprocessing.eval_crops
         sample_index, crop = divmod(index, crops)
         sample = self.samples[sample_index]
-        # Crops draw from torch's generator, so seed_everything(workers=True) makes them reproducible.
-        rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ())) if self.train else 0)
+        if item_seed is None and self.train:  # indexed directly: torch's generator (seed_everything) decides
+            item_seed = int(torch.randint(0, 2**31 - 1, ()))
+        rng = np.random.default_rng(item_seed if self.train else 0)
         signals = []
         for record in self.record_index[sample_index]:
             prepared = self.signals.get(record)

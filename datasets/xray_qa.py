@@ -115,7 +115,8 @@ class XrayQADataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict:
+        index = index[0] if isinstance(index, tuple) else index  # (index, item seed): no augmentation uses it
         sample = self.samples[index]
         image = torch.from_numpy(self.images.load(sample.path, self.entries[index]))  # (1, S, S)
         return {

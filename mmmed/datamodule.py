@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Callable
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from mmmed.collate import MultimodalCollator
 from mmmed.prompts import ChatFormatter
+from mmmed.resumable import EpochShuffleSampler, ResumableDataLoader
 
 
 class MultimodalDataModule(L.LightningDataModule):
@@ -25,6 +27,7 @@ class MultimodalDataModule(L.LightningDataModule):
         max_length: longest token sequence; longer answers are truncated, longer prompts are an error.
         answer_classes: class -> regular expression naming it in an answer (for accuracy).
         max_new_tokens: generation budget for an answer when evaluating.
+        seed: seeds the training order and per-item augmentation (with the epoch).
     """
 
     def __init__(
@@ -39,6 +42,7 @@ class MultimodalDataModule(L.LightningDataModule):
         max_length: int,
         answer_classes: dict[str, str],
         max_new_tokens: int,
+        seed: int,
     ) -> None:
         super().__init__()
         self.root = root
@@ -51,6 +55,7 @@ class MultimodalDataModule(L.LightningDataModule):
         self.max_length = max_length
         self.answer_classes = answer_classes
         self.max_new_tokens = max_new_tokens
+        self.seed = seed
         self.formatter: ChatFormatter | None = None
         self.splits: dict[str, Dataset] = {}
         self.normalization: dict | None = None  # signal statistics of the training split, if the data uses them
@@ -99,15 +104,17 @@ class MultimodalDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool, batch_size: int, generation_inputs: bool) -> DataLoader:
         if self.formatter is None:
             raise RuntimeError("attach_formatter() must be called before the data loaders are built")
-        return DataLoader(
-            self.splits[split],
-            batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=MultimodalCollator(self.formatter, generation_inputs=generation_inputs),
-        )
+        collate = MultimodalCollator(self.formatter, generation_inputs=generation_inputs)
+        # Its own generator: creating an iterator draws a worker base seed, which must not consume the
+        # global RNG that dropout uses (a resumed run would otherwise drift from an uninterrupted one).
+        generator = torch.Generator().manual_seed(self.seed)
+        common = dict(num_workers=self.num_workers, persistent_workers=self.num_workers > 0, collate_fn=collate,
+                      generator=generator)
+        if not shuffle:
+            return DataLoader(self.splits[split], batch_size=batch_size, shuffle=False, **common)
+        # Order and augmentation from (seed, epoch) only, and a position saved in checkpoints: see resumable.py.
+        sampler = BatchSampler(EpochShuffleSampler(len(self.splits[split]), self.seed), batch_size, drop_last=True)
+        return ResumableDataLoader(self.splits[split], batch_sampler=sampler, **common)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True, self.batch_size, False)

@@ -163,6 +163,62 @@ class MultimodalLitModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
 
+    # ---- sharding -------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """Shard the model with FSDP2 under Lightning's ModelParallelStrategy; other strategies wrap it themselves.
+
+        FSDP2 units: each LLM decoder layer, each encoder, each adapter, and the root (token
+        embeddings, final norm, LM head). No unit mixes frozen and trained weights: trained leaves
+        inside a frozen layer (LoRA's A and B) become units of their own, so frozen units only ever
+        all-gather and trained ones alone reduce gradients.
+        """
+        from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+
+        strategy = self.trainer.strategy
+        if isinstance(strategy, (DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy)):
+            # These strategies load a checkpoint's weights themselves, before on_load_checkpoint, and
+            # strictly unless told otherwise; ours lack the frozen LLM by design, and
+            # on_load_checkpoint checks the trained weights' names instead.
+            self.strict_loading = False
+        if not isinstance(strategy, ModelParallelStrategy):
+            return
+        from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
+
+        if isinstance(self.model, FSDPModule):  # Lightning calls this hook again to test after fitting
+            return
+        if self.device_mesh["tensor_parallel"].size() != 1:
+            raise ValueError("mmmed shards with FSDP2 only, no tensor parallelism: set trainer.strategy.tensor_parallel_size=1")
+        mesh = self.device_mesh["data_parallel"]
+
+        def unsharded_params(unit: torch.nn.Module) -> list[torch.nn.Parameter]:
+            inner = {id(p) for m in unit.modules() if m is not unit and isinstance(m, FSDPModule) for p in m.parameters()}
+            return [p for p in unit.parameters() if id(p) not in inner]
+
+        def shard(unit: torch.nn.Module, name: str) -> None:
+            if len({p.requires_grad for p in unsharded_params(unit)}) > 1:
+                for leaf in unit.modules():
+                    own = list(leaf.parameters(recurse=False))
+                    if own and not any(True for _ in leaf.children()) and all(p.requires_grad for p in own):
+                        fully_shard(leaf, mesh=mesh)
+            if len({p.requires_grad for p in unsharded_params(unit)}) > 1:
+                raise ValueError(f"FSDP2 unit {name} mixes frozen and trained weights outside trainable leaf modules")
+            fully_shard(unit, mesh=mesh)
+
+        llm = self.model.llm
+        base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm  # PEFT wraps the transformers model
+        layer_classes = set(getattr(base, "_no_split_modules", None) or ())
+        layers = [(n, m) for n, m in llm.named_modules() if type(m).__name__ in layer_classes]
+        if not layers:
+            raise ValueError(f"{type(base).__name__} names no decoder layer class (_no_split_modules): FSDP2 cannot shard it")
+        for name, layer in layers:
+            shard(layer, f"llm.{name}")
+        for part in ("encoders", "adapters"):
+            for name, module in getattr(self.model, part).items():  # ModuleDicts have no forward: shard their members
+                shard(module, f"{part}.{name}")
+        shard(self.model, "root")
+        # MultimodalLM.generate uses the root's weights (token embeddings, LM head) outside forward.
+        register_fsdp_forward_method(self.model, "generate")
+
     # ---- checkpoints ----------------------------------------------------------------------
     def _trainable_keys(self) -> set[str]:
         return {f"model.{k}" for k in self.model.trainable_state_dict()}
@@ -171,12 +227,21 @@ class MultimodalLitModule(L.LightningModule):
         """Keep only trained weights; store the config and the LLM's identity."""
         keep = self._trainable_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["mmmed_trainable_keys"] = sorted(keep)  # what on_load_checkpoint checks under sharding strategies
         checkpoint["mmmed_config"] = self.run_config
         checkpoint["mmmed_llm"] = self.llm_identity
+        # Dropout (LoRA's, the LLM's in full fine-tuning) draws from torch's generator: a resumed run
+        # continues the same stream. Data order and augmentation do not use it (see resumable.py).
+        checkpoint["mmmed_rng"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["mmmed_rng"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Check the checkpoint matches this model, then fill in the frozen weights from the live model."""
-        saved = set(checkpoint["state_dict"])
+        # FSDP, FSDP2 and DeepSpeed load the weights themselves before this hook (see configure_model)
+        # and pass no state_dict; the names saved beside the weights still tell whether they fit.
+        loaded_by_strategy = "state_dict" not in checkpoint
+        saved = set(checkpoint.get("mmmed_trainable_keys", ()) if loaded_by_strategy else checkpoint["state_dict"])
         expected = self._trainable_keys()
         if saved != expected:
             raise ValueError(
@@ -185,5 +250,11 @@ class MultimodalLitModule(L.LightningModule):
             )
         if checkpoint.get("mmmed_llm") != self.llm_identity:
             raise ValueError(f"Checkpoint was trained with LLM {checkpoint.get('mmmed_llm')!r}, this run loads {self.llm_identity!r}")
-        frozen = {k: v for k, v in self.state_dict().items() if k not in expected}
-        checkpoint["state_dict"] = {**frozen, **checkpoint["state_dict"]}
+        if not loaded_by_strategy:
+            frozen = {k: v for k, v in self.state_dict().items() if k not in expected}
+            checkpoint["state_dict"] = {**frozen, **checkpoint["state_dict"]}
+        rng = checkpoint.get("mmmed_rng", {})
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(rng["cuda"])

@@ -123,3 +123,38 @@ def test_real_nano_llm_learns_the_demo_task(compose, demo_root, tmp_path):
     assert len(losses) == 24
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert last < 0.6 * first, (first, last)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("resume_step", [4, 3])  # mid-epoch, and an epoch's last step (3 batches per epoch)
+def test_resumed_run_matches_an_uninterrupted_one_exactly(compose, demo_root, tmp_path, resume_step):
+    """Preemption: stop after k steps, resume from that checkpoint, end bit-identical to a run never stopped.
+
+    Random 2.5 s crops (ecg_signal=strodthoff), LoRA dropout (stage=instruct), warm-up + cosine and
+    an epoch boundary all have to line up: data order, augmentation, RNG, optimizer and scheduler.
+    """
+    def run(name: str, *extra: str) -> dict:
+        cfg = compose(
+            quick(demo_root, "model=tiny", "logger=csv", "trainer.max_steps=7", "trainer.val_check_interval=100",
+                  "test_after_fit=false", "ecg_signal=strodthoff", "stage=instruct", "stage.lora.dropout=0.2",
+                  "stage.lora.target_modules=[q_proj,v_proj]", "scheduler.warmup_steps=2",
+                  f"ecg_signal.cache.cache_dir={tmp_path / 'cache'}",
+                  f"+callbacks.every_step={{_target_:lightning.pytorch.callbacks.ModelCheckpoint,"
+                  f"dirpath:{tmp_path / name / 'steps'},every_n_train_steps:1,save_top_k:-1,filename:'s{{step}}',auto_insert_metric_name:false}}",
+                  *extra),
+            tmp_path / name,
+        )
+        train(cfg)
+        return torch.load(tmp_path / name / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+    whole = run("whole")
+    stopped = tmp_path / "whole" / "steps" / f"s{resume_step}.ckpt"
+    assert torch.load(stopped, map_location="cpu", weights_only=True)["global_step"] == resume_step
+    resumed = run("resumed", f"ckpt_path={stopped}")
+    assert resumed["global_step"] == whole["global_step"] == 7
+    assert any("lora_" in k for k in whole["state_dict"]) and set(resumed["state_dict"]) == set(whole["state_dict"])
+    for key, value in whole["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][key], value), key
+    for a, b in zip(whole["optimizer_states"][0]["state"].values(), resumed["optimizer_states"][0]["state"].values()):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert whole["lr_schedulers"] == resumed["lr_schedulers"]
