@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mmmed.adapters import num_output_tokens
 from mmmed.datamodule import MultimodalDataModule
 from mmmed.lightning_module import MultimodalLitModule
 from mmmed.llm import LoadedLLM
@@ -36,19 +38,30 @@ def build_run(cfg: DictConfig) -> Run:
     log.info("LLM: %s; stage %s", cfg.model.llm._target_, stage.name)
     if lora and lora.quantize_4bit:
         check_quantization_possible()  # before minutes of loading weights
+    if stage.train_llm and cfg.model.llm.get("dtype") in ("bfloat16", "float16"):
+        raise ValueError(
+            f"stage={stage.name} trains the LLM's own weights, which are loaded in {cfg.model.llm.dtype}: most "
+            "small updates would round away. Set model.llm.dtype=float32 (fp32 master weights; on a GPU keep "
+            "trainer.precision=bf16-mixed for speed)."
+        )
     llm: LoadedLLM = instantiate(cfg.model.llm, **({"quantize_4bit": True} if lora and lora.quantize_4bit else {}))
     if cfg.model.get("gradient_checkpointing"):
-        # Non-reentrant: with reentrant checkpointing a frozen LLM's inputs carry no grad, and the
-        # adapter below it silently gets none.
-        llm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # Non-reentrant: reentrant checkpointing drops the gradients of everything below a block
+        # whose inputs need none (a frozen encoder's features into a checkpointed adapter, LoRA on
+        # text-only batches), and PyTorch recommends it. MultimodalLM.train keeps it active for a
+        # frozen LLM (tests/mmmed/test_gradient_checkpointing.py).
+        llm.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if lora:
         llm.model = apply_lora(llm.model, lora.r, lora.alpha, lora.dropout, list(lora.target_modules), lora.quantize_4bit)
     log.info("Encoder (%s): %s", cfg.encoder.modality, cfg.encoder.net._target_)
     encoder = instantiate(cfg.encoder.net)
-    datamodule: MultimodalDataModule = instantiate(cfg.data)
+    datamodule: MultimodalDataModule = instantiate(cfg.data, seed=cfg.seed)
+    adapter_factory = instantiate(cfg.adapter)
+    with torch.device("meta"):  # a weightless probe (no memory, no RNG draw): how many LLM tokens a signal becomes
+        adapter_probe = adapter_factory(in_dim=encoder.out_dim, out_dim=llm.model.get_input_embeddings().embedding_dim)
     formatter = ChatFormatter(
         llm.tokenizer,
-        [Modality(cfg.encoder.modality, encoder.num_tokens)],
+        [Modality(cfg.encoder.modality, num_output_tokens(adapter_probe, encoder.num_tokens))],
         cfg.prompt.system,
         datamodule.max_length,
     )
@@ -57,7 +70,7 @@ def build_run(cfg: DictConfig) -> Run:
     model = MultimodalLM(
         llm.model,
         {cfg.encoder.modality: encoder},
-        instantiate(cfg.adapter),
+        adapter_factory,
         formatter.placeholder_ids,
         train_llm=stage.train_llm,
         train_encoders=stage.train_encoder,

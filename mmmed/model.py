@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from mmmed.lora import is_lora_parameter
 from mmmed.prompts import IGNORE_INDEX
@@ -67,6 +68,12 @@ class MultimodalLM(nn.Module):
         super().train(mode)
         if not self.train_llm and not self.has_lora:
             self.llm.eval()
+            # HF recomputes a layer in backward only while that layer is in training mode: switch on
+            # just the checkpointing layers' own flag (their attention/MLP stay in eval: no dropout),
+            # or gradient checkpointing would never run for a frozen LLM and save no memory.
+            for module in self.llm.modules():
+                if isinstance(module, GradientCheckpointingLayer) and module.gradient_checkpointing:
+                    module.training = mode
         if not self.train_encoders:
             self.encoders.eval()
         return self
@@ -124,7 +131,7 @@ class MultimodalLM(nn.Module):
             if mask.sum() != tokens.shape[0] * tokens.shape[1]:
                 raise ValueError(
                     f"{name}: {int(mask.sum())} placeholder tokens in the batch but {tokens.shape[0]} signals x "
-                    f"{tokens.shape[1]} tokens from the encoder"
+                    f"{tokens.shape[1]} tokens from its encoder and adapter"
                 )
             embeds = embeds.masked_scatter(mask.unsqueeze(-1), tokens.to(embeds.dtype))
         return embeds

@@ -8,6 +8,7 @@ import pytest
 import torch
 from hydra.utils import get_class, instantiate
 
+from mmmed.adapters import num_output_tokens
 from mmmed.llm import _cached_hub_snapshot  # noqa: F401  (import proves the module loads offline)
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -61,7 +62,7 @@ def test_every_ecg_signal_config_builds(compose, signal, tmp_path):
 def test_every_adapter_maps_encoder_width_to_llm_width(compose, adapter, tmp_path):
     cfg = compose([f"adapter={adapter}"], tmp_path)
     module = instantiate(cfg.adapter)(in_dim=24, out_dim=40)
-    assert module(torch.randn(3, 5, 24)).shape == (3, 5, 40)
+    assert module(torch.randn(3, 5, 24)).shape == (3, num_output_tokens(module, 5), 40)
 
 
 @pytest.mark.parametrize("scale", names("model"))
