@@ -1,0 +1,206 @@
+"""Turn a training checkpoint into a self-contained, pickle-free model folder that ``load_exported`` reads.
+
+    python -m mmmed.export ckpt=outputs/<run>/checkpoints/last.ckpt out=exported/ecg-nano [merge_lora=true]
+
+The folder holds ``mmmed_config.json`` (everything inference needs, as plain JSON), ``encoder.safetensors``,
+``adapter.safetensors``, ``tokenizer/`` (with the placeholder token), a ``README.md`` model card, and
+the LLM as training left it: a frozen LLM only as a reference (how to load it, plus its identity),
+LoRA weights in PEFT format (``lora/``), or a full LLM (``llm/``: merged LoRA, or the full stage's weights).
+
+Export loads the base LLM once: to check it is the one the checkpoint was trained on, and to save LoRA
+or full weights through transformers/PEFT. A checkpoint of model=tiny (a random Llama) exports as a
+reference to ``mmmed.llm.random_llm`` with its settings and seed, which rebuilds it: for tests only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from functools import partial
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+import mmmed
+from mmmed.adapters import num_output_tokens
+from mmmed.inference import CONFIG_NAME, check_llm_identity, resolve_allowed
+from mmmed.lora import apply_lora, merge_lora
+from mmmed.model import MultimodalLM
+from mmmed.prompts import ChatFormatter, Modality
+
+USAGE = "usage: python -m mmmed.export ckpt=PATH out=DIR [merge_lora=true|false]"
+
+
+def _kwargs(node: dict, drop: tuple[str, ...] = ("_target_", "_partial_")) -> dict:
+    """A config node's constructor arguments: without Hydra's keys (and any others named)."""
+    return {key: value for key, value in node.items() if key not in drop}
+
+
+def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {key: value.detach().cpu().contiguous() for key, value in state.items()}
+
+
+def _metrics_next_to(ckpt_path: Path) -> dict | None:
+    """The run's metrics.json: train.py writes it into the run folder, the checkpoints into <run>/checkpoints."""
+    for folder in (ckpt_path.parent, ckpt_path.parent.parent):
+        if (folder / "metrics.json").is_file():
+            return json.loads((folder / "metrics.json").read_text())
+    return None
+
+
+def model_card(config: dict, metrics: dict | None, ckpt_path: Path) -> str:
+    """README.md: what the model is, what it was trained and scored on, how to load it, what not to use it for."""
+    llm, data = config["llm"], config["data"]
+    question = config["question"] or f"<{config['modality']}>\nYour question"
+    base = llm["kwargs"].get("hub_id", llm["identity"])
+    how_llm = {
+        "reference": f"not included: loaded from `{base}` (identity `{llm['identity']}`) when the model is loaded",
+        "lora": f"LoRA weights in `lora/` (PEFT format) on `{base}`, which is loaded from its source",
+        "merged": f"`{base}` with the LoRA weights merged in, in `llm/`",
+        "full": f"`{base}` fine-tuned in full, in `llm/`",
+    }[llm["weights"]]
+    if llm["target"].endswith("random_llm"):
+        how_llm += " (a randomly initialised test LLM, rebuilt from its settings and seed: for tests only)"
+    lines = [
+        f"# mmmed {config['modality']} model ({config['stage']} stage)",
+        "",
+        f"A causal LLM that answers questions about {config['modality'].upper()} signals: a "
+        f"`{config['encoder']['class']}` encoder turns each signal into tokens, a `{config['adapter']['class']}` "
+        f"adapter maps them to {config['num_tokens']} LLM embeddings, spliced in at the placeholder "
+        f"`{config['placeholder']}`. Exported by mmmed {config['mmmed_version']} from `{ckpt_path.name}`.",
+        "",
+        f"- LLM: {how_llm}",
+        f"- Data: `{data['dataset']}`" + (f", task `{data['task']}`" if data.get("task") else ""),
+        f"- Training question: `{question!r}`" if config["question"] else "- Training questions: from the data set's file",
+        "",
+        "## Metrics",
+        "",
+    ]
+    if metrics:
+        lines.append(f"From the run's metrics.json (they describe the weights of `{metrics.get('weights_from', '?')}`):")
+        lines.append("")
+        lines += [f"- {key}: {value:.4g}" for key, value in metrics.items()
+                  if key.split("/")[0] in ("val", "test") and isinstance(value, (int, float))]
+    else:
+        lines.append("No metrics.json was found next to the checkpoint.")
+    lines += [
+        "",
+        "## Intended use",
+        "",
+        "Research on multimodal medical language models. **Not for clinical use**: it is not a medical device, "
+        "was not validated for diagnosis or treatment, and its answers can be fluent and wrong.",
+        "",
+        "## Loading",
+        "",
+        "```python",
+        "from mmmed.inference import load_exported",
+        "",
+        'predictor = load_exported("<this folder>")  # safetensors + JSON only, no pickle',
+        f"print(predictor.answer_file({question!r}, \"<record or image file>\"))",
+        "```",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, merge: bool = False) -> Path:
+    """Write the model folder for one checkpoint (see module docstring); returns the folder."""
+    ckpt_path, out = Path(ckpt_path), Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty: export into a new folder, so files of two models never mix")
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    cfg = ckpt.get("mmmed_config")
+    if not cfg:
+        raise ValueError(f"{ckpt_path} holds no mmmed_config: not a checkpoint written by mmmed's train.py")
+    stage, modality, lora = cfg["stage"], cfg["encoder"]["modality"], cfg["stage"].get("lora")
+    if merge and not lora:
+        raise ValueError(f"merge_lora=true needs a LoRA checkpoint (stage=instruct); {ckpt_path} is stage={stage['name']}")
+    llm_kwargs, net = _kwargs(cfg["model"]["llm"]), _kwargs(cfg["encoder"]["net"])
+    if not stage["train_encoder"] and not net.get("pretrained"):
+        raise ValueError("The encoder was frozen at random initialisation, so the checkpoint does not hold it "
+                         "and nothing can re-create it; only trained or pretrained encoders can be exported.")
+
+    llm = resolve_allowed(cfg["model"]["llm"]["_target_"])(**llm_kwargs)  # the base LLM, as training loaded it
+    check_llm_identity(ckpt.get("mmmed_llm"), llm.identity)
+    if lora:  # QLoRA's 4-bit base is not kept: the LoRA weights apply to the base LLM in its own dtype
+        llm.model = apply_lora(llm.model, lora["r"], lora["alpha"], lora["dropout"], list(lora["target_modules"]), False)
+    encoder = resolve_allowed(cfg["encoder"]["net"]["_target_"])(**net)
+    adapter_kwargs = _kwargs(cfg["adapter"])
+    adapter_factory = partial(resolve_allowed(cfg["adapter"]["_target_"]), **adapter_kwargs)
+    hidden = llm.model.get_input_embeddings().embedding_dim
+    with torch.device("meta"):  # as build_run: a weightless probe of how many LLM tokens a signal becomes
+        num_tokens = num_output_tokens(adapter_factory(in_dim=encoder.out_dim, out_dim=hidden), encoder.num_tokens)
+    formatter = ChatFormatter(llm.tokenizer, [Modality(modality, num_tokens)], cfg["prompt"]["system"],
+                              cfg["data"]["max_length"])  # adds the placeholder token to the tokenizer
+    model = MultimodalLM(llm.model, {modality: encoder}, adapter_factory, formatter.placeholder_ids,
+                         train_llm=stage["train_llm"], train_encoders=stage["train_encoder"])
+    trained = {key.removeprefix("model."): value for key, value in ckpt["state_dict"].items()}
+    expected = set(model.trainable_state_dict())
+    if set(trained) != expected:
+        raise ValueError(f"{ckpt_path} does not fit its own config: missing {sorted(expected - set(trained))[:5]}, "
+                         f"unexpected {sorted(set(trained) - expected)[:5]}")
+    model.load_state_dict(trained, strict=False)  # the rest is the frozen LLM (and a pretrained encoder)
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(_tensors(model.encoders[modality].state_dict()), out / "encoder.safetensors")
+    save_file(_tensors(model.adapters[modality].state_dict()), out / "adapter.safetensors")
+    weights = "reference"
+    if lora and merge:
+        weights = "merged"
+        merge_lora(model.llm).save_pretrained(out / "llm")  # transformers 5 writes safetensors only
+    elif lora:
+        weights = "lora"
+        model.llm.save_pretrained(out / "lora")  # adapter_model.safetensors + adapter_config.json
+    elif stage["train_llm"]:
+        weights = "full"
+        model.llm.save_pretrained(out / "llm")
+    formatter.tokenizer.save_pretrained(out / "tokenizer")
+
+    if "pretrained" in net:
+        net["pretrained"] = False  # its weights ship in encoder.safetensors: loading downloads nothing
+    dataset = cfg["data"]["dataset"]
+    images = dataset.get("images")
+    config = {
+        "mmmed_version": mmmed.__version__,
+        "stage": stage["name"],
+        "modality": modality,
+        "placeholder": formatter.modalities[modality].placeholder,
+        "placeholder_id": formatter.placeholder_ids[modality],
+        "num_tokens": num_tokens,  # placeholder tokens per signal: what the adapter hands the LLM
+        "system_prompt": cfg["prompt"]["system"],
+        "question": dataset.get("question"),
+        "max_length": cfg["data"]["max_length"],
+        "max_new_tokens": cfg["data"]["max_new_tokens"],
+        "answer_classes": dict(cfg["data"]["answer_classes"]),
+        "encoder": {"class": cfg["encoder"]["net"]["_target_"], "kwargs": net},
+        "adapter": {"class": cfg["adapter"]["_target_"], "kwargs": adapter_kwargs, "in_dim": encoder.out_dim,
+                    "out_dim": hidden},
+        "llm": {"target": cfg["model"]["llm"]["_target_"], "kwargs": llm_kwargs, "identity": llm.identity,
+                "dtype": llm_kwargs["dtype"], "weights": weights, "lora": lora},
+        # The pipelines that made the encoder's inputs in training, so inference prepares files the same way.
+        "ecg_preprocessing": _kwargs(dataset["preprocessing"]) if dataset.get("preprocessing") else None,
+        "xray_images": _kwargs(images, ("_target_", "cache_dir", "workers")) if images else None,
+        "normalization": (ckpt.get("MultimodalDataModule") or {}).get("normalization"),
+        "data": {"dataset": dataset["_target_"], "task": dataset.get("task")},
+    }
+    (out / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+    (out / "README.md").write_text(model_card(config, _metrics_next_to(ckpt_path), ckpt_path))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: ``ckpt=PATH out=DIR [merge_lora=true|false]``."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = dict(arg.split("=", 1) for arg in argv if "=" in arg)
+    merge = args.get("merge_lora", "false").lower()
+    if len(args) != len(argv) or set(args) - {"ckpt", "out", "merge_lora"} or {"ckpt", "out"} - set(args) \
+            or merge not in ("true", "false"):
+        sys.exit(USAGE)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    out = export_checkpoint(args["ckpt"], args["out"], merge == "true")
+    print(f"exported {out}: load it with mmmed.inference.load_exported({str(out)!r})")
+
+
+if __name__ == "__main__":
+    main()
