@@ -25,6 +25,20 @@ def _instantiate_group(group: DictConfig | None) -> list:
     return [instantiate(entry) for entry in group.values() if entry is not None and "_target_" in entry]
 
 
+def untied(state: dict) -> tuple[dict, dict[str, str]]:
+    """Tensors to save once each, and ``{alias: saved name}`` for tied ones (an LLM's embeddings and
+    LM head in full fine-tuning): safetensors refuses two names for one storage."""
+    out, tied, seen = {}, {}, {}
+    for name, tensor in state.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key in seen:
+            tied[name] = seen[key]
+            continue
+        seen[key] = name
+        out[name] = tensor.detach().cpu().contiguous()
+    return out, tied
+
+
 def train(cfg: DictConfig) -> dict:
     """Fit, test the best weights, and write metrics.json and trainable.safetensors; returns the metrics."""
     out_dir = Path(cfg.paths.output_dir)
@@ -71,8 +85,8 @@ def train(cfg: DictConfig) -> dict:
         ckpt_dir = out_dir / "checkpoints"
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         weights = ckpt_dir / "trainable.safetensors"
-        state = {k: gathered[f"model.{k}"].detach().cpu().contiguous() for k in trained}
-        save_file(state, weights, metadata={"llm": run.llm.identity, "weights_from": weights_from})
+        state, tied = untied({k: gathered[f"model.{k}"] for k in trained})
+        save_file(state, weights, metadata={"llm": run.llm.identity, "weights_from": weights_from, "tied": json.dumps(tied)})
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         if run.datamodule.normalization is not None:  # also inside every checkpoint
             (out_dir / "data_normalization.json").write_text(json.dumps(run.datamodule.normalization, indent=2))

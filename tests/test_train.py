@@ -158,3 +158,18 @@ def test_resumed_run_matches_an_uninterrupted_one_exactly(compose, demo_root, tm
     for a, b in zip(whole["optimizer_states"][0]["state"].values(), resumed["optimizer_states"][0]["state"].values()):
         assert all(torch.equal(a[k], b[k]) for k in a)
     assert whole["lr_schedulers"] == resumed["lr_schedulers"]
+
+
+def test_full_stage_writes_tied_llm_weights_once(compose, demo_root, tmp_path):
+    cfg = compose(quick(demo_root, "model=tiny", "logger=csv", "trainer.max_steps=2", "stage=full", "test_after_fit=false"),
+                  tmp_path / "run")
+    train(cfg)
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "run" / "checkpoints" / "trainable.safetensors", "pt") as handle:
+        tied = json.loads(handle.metadata()["tied"])
+        saved = set(handle.keys())
+    assert tied == {"llm.lm_head.weight": "llm.model.embed_tokens.weight"}  # the tiny Llama ties them
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert {f"model.{k}" for k in saved | set(tied)} == set(ckpt["state_dict"])
+    assert any(k.startswith("llm.model.layers.") for k in saved)  # the LLM itself trained and was saved
