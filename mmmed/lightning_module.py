@@ -201,7 +201,8 @@ class MultimodalLitModule(L.LightningModule):
                     if own and not any(True for _ in leaf.children()) and all(p.requires_grad for p in own):
                         fully_shard(leaf, mesh=mesh)
             if len({p.requires_grad for p in unsharded_params(unit)}) > 1:
-                raise ValueError(f"FSDP2 unit {name} mixes frozen and trained weights outside trainable leaf modules")
+                raise ValueError(f"FSDP2 unit {name} mixes frozen and trained weights outside trainable leaf modules: "
+                                 "train or freeze each of its submodules whole")
             fully_shard(unit, mesh=mesh)
 
         llm = self.model.llm

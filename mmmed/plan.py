@@ -66,6 +66,8 @@ def build_on_meta(cfg: DictConfig) -> MultimodalLM:
     net = cfg.encoder.net
     with torch.device("meta"):
         llm = AutoModelForCausalLM.from_config(load_preset(preset), dtype=getattr(torch, cfg.model.llm.dtype))
+        if cfg.model.get("gradient_checkpointing"):  # as build_run does
+            llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         if lora:  # 4-bit needs CUDA + bitsandbytes; QLoRA's storage is counted in memory_bytes instead
             llm = apply_lora(llm, lora.r, lora.alpha, lora.dropout, list(lora.target_modules), quantize_4bit=False)
         encoder = instantiate(net, **({"pretrained": False} if "pretrained" in net else {}))  # never download
@@ -200,7 +202,7 @@ def format_plan(result: dict, cfg: DictConfig) -> str:
     p = cfg.plan
     checkpointing = "on" if result["checkpointing"] else "off"
     if cfg.model.get("gradient_checkpointing") and checkpointing == "off":
-        checkpointing = "off (a frozen LLM runs in eval mode, where transformers does not checkpoint)"
+        checkpointing = "off (the decoder layers are not in training mode, where transformers checkpoints)"
     lines = [f"{result['llm']} | encoder={cfg.encoder.modality} adapter={cfg.adapter._target_.split('.')[-1]} stage={cfg.stage.name}",
              f"{'parameters':<26}{'total':>15}{'trainable':>15}{'frozen':>15}"]
     lines += [f"  {part:<24}" + "".join(f"{c[k]:>15,}" for k in ("total", "trainable", "frozen")) for part, c in result["params"].items()]

@@ -9,35 +9,51 @@ epoch it handed out, and after a resume skips them at the sampler (nothing is re
 
 from __future__ import annotations
 
+import math
 from typing import Iterator
 
 import numpy as np
+import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 
 class EpochShuffleSampler(Sampler):
-    """Yields ``(index, item_seed)`` in a permutation drawn from ``(seed, epoch)``.
+    """Yields ``(index, item_seed)`` in a permutation drawn from ``(seed, epoch)``: this rank's share of it.
 
     Data sets take the pair in ``__getitem__`` and draw their augmentation (e.g. a random ECG crop)
-    from ``item_seed``. Lightning calls ``set_epoch`` at the start of every epoch.
+    from ``item_seed``. Lightning calls ``set_epoch`` at the start of every epoch. Under data
+    parallelism each rank takes every ``world_size``-th position of the one permutation (padded by
+    wrapping around, like torch's DistributedSampler), so the trainer configs set
+    ``use_distributed_sampler: false``. ``rank``/``world_size`` None: from torch.distributed when iterating.
     """
 
-    def __init__(self, size: int, seed: int) -> None:
+    def __init__(self, size: int, seed: int, rank: int | None = None, world_size: int | None = None) -> None:
         self.size, self.seed = size, seed
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
-        self.start = 0  # items of this epoch to skip (after a resume)
+        self.start = 0  # positions of this rank's share to skip (after a resume)
+
+    def _rank_world(self) -> tuple[int, int]:
+        if self.rank is not None and self.world_size is not None:
+            return self.rank, self.world_size
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.size
+        return math.ceil(self.size / self._rank_world()[1])
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
+        rank, world = self._rank_world()
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(self.size)
         item_seeds = rng.integers(0, 2**31 - 1, size=self.size)
+        positions = np.arange(len(self) * world) % self.size  # pad by wrapping: every rank gets len(self)
+        mine = positions[rank::world]
         start, self.start = self.start, 0
-        for position in range(start, self.size):
+        for position in mine[start:]:
             yield int(order[position]), int(item_seeds[position])
 
 

@@ -1,0 +1,300 @@
+"""Distributed strategies: DDP and FSDP2 on CPU end to end, and the GPU strategies' configs.
+
+Each distributed run is ``python train.py trainer=ddp_cpu|fsdp2_cpu`` in a subprocess (two ranks over
+gloo; process groups never leak into pytest). Its weights are compared with the same data-parallel
+steps computed here in one process: rank r's batches from its share of the training order, the mean
+of the ranks' gradients, clipping, AdamW and the schedule.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.fabric.utilities.data import _set_sampler_epoch
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy
+from omegaconf import DictConfig, OmegaConf, open_dict
+from safetensors.torch import load_file
+
+from torch.utils.data import BatchSampler
+
+from mmmed.build import build_run
+from mmmed.resumable import EpochShuffleSampler, ResumableDataLoader
+from mmmed_datasets.ecg_demo import ensure_demo_ptbxl
+
+REPO = Path(__file__).resolve().parents[1]
+WORLD = 2  # ranks in trainer=ddp_cpu / fsdp2_cpu
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory) -> Path:
+    """The 30-patient demo of tests/test_train.py: 24 training records, so 12 per rank."""
+    return ensure_demo_ptbxl(tmp_path_factory.mktemp("demo") / "ptbxl", num_patients=30, records_per_patient=1, seed=0)
+
+
+def run_overrides(demo_root: Path, *extra: str) -> list[str]:
+    return [
+        "model=tiny",
+        "logger=csv",
+        f"data.root={demo_root}",
+        "data.prepare.num_patients=30",
+        "data.prepare.records_per_patient=1",
+        f"trainer.max_steps={STEPS}",
+        "trainer.val_check_interval=2",  # the only validation, so the best checkpoint holds step 2's weights
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        "trainer.log_every_n_steps=1",
+        # Some gradients here are ~1e-11: with AdamW's default eps (1e-8) their step is +-lr by the sign
+        # of a rounding error, and the all-reduce's summation order decides it. An eps above the
+        # gradients (~1e-4) makes the step a smooth function of the gradient, so runs are comparable.
+        "++optimizer.eps=1e-3",
+        *extra,
+    ]
+
+
+def compose_run_config(overrides: list[str], output_dir: Path) -> DictConfig:
+    """conf/train.yaml composed as train.py sees it (like conftest's ``compose``, usable in module fixtures)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = hydra_compose("train", overrides=overrides, return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        HydraConfig.instance().set_config(cfg)
+        del cfg["hydra"]
+    return cfg
+
+
+def train_in_subprocess(overrides: list[str], run_dir: Path) -> Path:
+    """``python train.py <overrides>`` writing into ``run_dir``; fails the test with the run's output."""
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "train.py", *overrides, f"hydra.run.dir={run_dir}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=1200,
+    )
+    assert proc.returncode == 0, f"train.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return run_dir
+
+
+def data_parallel_reference(cfg: DictConfig, world: int, steps: int) -> tuple[list[dict[str, torch.Tensor]], int]:
+    """Trained weights ("model."-prefixed) at init and after each step of ``world``-rank data parallelism, in one process.
+
+    Returns the weights per step and the number of trained parameters. Rank r's batches are rank r's
+    share of the (seed, epoch) order (mmmed/resumable.py); the gradient is the mean of the ranks' gradients
+    (DDP's all-reduce, FSDP2's reduce-scatter). BatchNorm statistics are rank 0's: DDP broadcasts
+    rank 0's buffers before each forward, FSDP2 keeps each rank's own and checkpoints rank 0's.
+    """
+    L.seed_everything(cfg.seed, workers=True)  # as train.py, before building
+    run = build_run(cfg)
+    model, datamodule = run.module.model, run.datamodule
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    loader = datamodule.train_dataloader()
+    # Each rank's share of the one (seed, epoch) order, as the rank's own sampler takes it.
+    rank_loaders = [
+        ResumableDataLoader(
+            loader.dataset, collate_fn=loader.collate_fn,
+            batch_sampler=BatchSampler(EpochShuffleSampler(len(loader.dataset), cfg.seed, rank=r, world_size=world),
+                                       loader.batch_sampler.batch_size, drop_last=True),
+        )
+        for r in range(world)
+    ]
+    settings = OmegaConf.to_container(cfg.param_groups, resolve=True)
+    groups = model.parameter_groups()
+    optimizer = instantiate(cfg.optimizer)([{"params": p, **settings[part]} for part, p in groups.items()])
+    scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=steps)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+
+    def weights() -> dict[str, torch.Tensor]:
+        return {f"model.{k}": v.detach().clone() for k, v in model.trainable_state_dict().items()}
+
+    model.train()
+    history = [weights()]
+    epoch = 0
+    while len(history) <= steps:
+        for rank_loader in rank_loaders:
+            _set_sampler_epoch(rank_loader, epoch)
+        for batches in zip(*rank_loaders):
+            optimizer.zero_grad()
+            start = {name: b.clone() for name, b in model.named_buffers()}
+            for rank in reversed(range(world)):  # rank 0 last, from the step's starting statistics
+                for name, buffer in model.named_buffers():
+                    buffer.copy_(start[name])
+                b = batches[rank]
+                loss, _ = model(b["input_ids"], b["attention_mask"], b["position_ids"], b["labels"], b["signals"])
+                (loss / world).backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.trainer.gradient_clip_val)
+            optimizer.step()
+            scheduler.step()
+            history.append(weights())
+            if len(history) > steps:
+                break
+        epoch += 1
+    return history, len(params)
+
+
+@pytest.fixture(scope="module")
+def reference(demo_root, tmp_path_factory):
+    cfg = compose_run_config(run_overrides(demo_root, "trainer=ddp_cpu"), tmp_path_factory.mktemp("reference"))
+    history, num_params = data_parallel_reference(cfg, WORLD, STEPS)
+    return {"history": history, "num_params": num_params, "batch_size": cfg.data.batch_size}
+
+
+def train_rows(run_dir: Path) -> list[dict]:
+    rows = csv.DictReader(open(next((run_dir / "csv").rglob("metrics.csv"))))
+    return [r for r in rows if r.get("train/loss")]
+
+
+def check_data_parallel_run(run_dir: Path, reference: dict) -> None:
+    """Both ranks trained on their own halves, and the weights are the data-parallel reference's."""
+    history = reference["history"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+
+    # Each rank sees 24 / 2 = 12 records a epoch: one batch of 8 (drop_last), so each step is an epoch
+    # of its own. One process would train 3 batches per epoch.
+    rows = train_rows(run_dir)
+    steps_per_epoch = metrics["data/train/samples"] // WORLD // reference["batch_size"]
+    assert steps_per_epoch == 1
+    assert [(int(r["step"]), int(r["epoch"])) for r in rows] == [(s, s // steps_per_epoch) for s in range(STEPS)]
+    assert all(math.isfinite(float(r["train/loss"])) for r in rows)
+
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == STEPS
+    saved = last["state_dict"]
+    assert set(saved) == set(history[0]) and not any(k.startswith("model.llm.") for k in saved)  # no frozen LLM
+    assert last["mmmed_trainable_keys"] == sorted(saved)
+    assert len(last["optimizer_states"][0]["state"]) == reference["num_params"]  # no state for frozen weights
+    for key, value in saved.items():
+        assert not torch.equal(value, history[0][key]), f"{key} did not change from its initial value"
+        # Rounding differs between the runs (thread counts, all-reduce order) and the encoder's
+        # BatchNorm amplifies it: perturbing weights by 1e-7 relative before step 3 moves step 3's
+        # result by up to 1.6e-6 (measured), so step 3 is compared to 1e-5, step 2 below to 1e-6.
+        torch.testing.assert_close(value, history[STEPS][key], rtol=0, atol=1e-5, msg=f"{key} after step {STEPS}")
+
+    best = Path(metrics["weights_from"])
+    assert best.parent == run_dir / "checkpoints" and best.is_file()  # one file, not a folder of shards
+    best_state = torch.load(best, map_location="cpu", weights_only=True)
+    assert best_state["global_step"] == 2
+    weights = load_file(run_dir / "checkpoints" / "trainable.safetensors")  # what train() tested: the best weights
+    assert {f"model.{k}" for k in weights} == set(saved)
+    for key, value in best_state["state_dict"].items():
+        assert torch.equal(weights[key[len("model."):]], value)
+        torch.testing.assert_close(value, history[2][key], rtol=0, atol=1e-6, msg=f"{key} after step 2")
+
+
+@pytest.mark.slow
+def test_ddp_on_cpu_trains_both_ranks_like_data_parallel_steps(demo_root, reference, tmp_path):
+    run_dir = train_in_subprocess(run_overrides(demo_root, "trainer=ddp_cpu"), tmp_path / "ddp")
+    check_data_parallel_run(run_dir, reference)
+
+
+@pytest.mark.slow
+def test_fsdp2_on_cpu_trains_both_ranks_like_data_parallel_steps(demo_root, reference, tmp_path):
+    run_dir = train_in_subprocess(run_overrides(demo_root, "trainer=fsdp2_cpu"), tmp_path / "fsdp2")
+    check_data_parallel_run(run_dir, reference)
+
+
+@pytest.mark.slow
+def test_fsdp2_on_cpu_trains_lora_inside_frozen_decoder_layers(demo_root, tmp_path):
+    """stage=instruct: LoRA's trained A/B sit inside frozen decoder layers, in FSDP2 units of their own."""
+    run_dir = train_in_subprocess(
+        run_overrides(demo_root, "trainer=fsdp2_cpu", "stage=instruct", "trainer.max_steps=2", "test_after_fit=false"),
+        tmp_path / "lora",
+    )
+    cfg = compose_run_config(run_overrides(demo_root, "trainer=fsdp2_cpu", "stage=instruct"), tmp_path / "cfg")
+    attention = {"q_proj", "k_proj", "v_proj", "o_proj"}
+    lora_keys = {
+        f"model.llm.base_model.model.model.layers.{layer}.{'self_attn' if m in attention else 'mlp'}.{m}.lora_{ab}.default.weight"
+        for layer in range(cfg.model.llm.num_layers)
+        for m in cfg.stage.lora.target_modules
+        for ab in "AB"
+    }
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    llm_keys = {k for k in saved if k.startswith("model.llm.")}
+    assert llm_keys == lora_keys  # the frozen base weights are not saved
+    assert all(k.startswith(("model.encoders.", "model.adapters.")) for k in set(saved) - llm_keys)
+    for key in (k for k in lora_keys if ".lora_B." in k):  # PEFT starts B at zero: it moves only if its unit trained
+        assert saved[key].abs().sum() > 0, key
+    assert all(math.isfinite(float(r["train/loss"])) for r in train_rows(run_dir))
+
+
+# ---- configs ------------------------------------------------------------------------------------
+def test_cpu_strategy_configs(compose):
+    ddp = compose(["trainer=ddp_cpu"]).trainer
+    assert (ddp.accelerator, ddp.devices, ddp.precision) == ("cpu", 2, "32-true")
+    strategy = instantiate(ddp.strategy)
+    assert isinstance(strategy, DDPStrategy) and strategy.process_group_backend == "gloo"
+
+    fsdp2 = compose(["trainer=fsdp2_cpu", "trainer.devices=4"]).trainer
+    assert (fsdp2.accelerator, fsdp2.precision) == ("cpu", "32-true")
+    assert (fsdp2.strategy.data_parallel_size, fsdp2.strategy.tensor_parallel_size) == (4, 1)  # follows devices
+    assert fsdp2.strategy.save_distributed_checkpoint is False  # one file with the trained weights
+    strategy = instantiate(fsdp2.strategy)
+    assert isinstance(strategy, ModelParallelStrategy) and strategy.process_group_backend == "gloo"
+
+
+def test_gpu_ddp_and_fsdp_configs(compose):
+    ddp = compose(["trainer=ddp"]).trainer
+    assert (ddp.accelerator, ddp.devices, ddp.precision) == ("gpu", "auto", "bf16-mixed")
+    assert isinstance(instantiate(ddp.strategy), DDPStrategy)
+
+    fsdp = compose(["trainer=fsdp"]).trainer
+    assert (fsdp.accelerator, fsdp.devices, fsdp.precision) == ("gpu", "auto", "bf16-mixed")
+    assert fsdp.strategy.state_dict_type == "full"  # one file holding only the trained weights
+    strategy = instantiate(fsdp.strategy)
+    assert isinstance(strategy, FSDPStrategy) and strategy.sharding_strategy.name == "FULL_SHARD"
+
+
+def _fsdp_units(module: torch.nn.Module) -> list[str]:
+    """Names of the submodules trainer=fsdp's auto-wrap policy makes FSDP units."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        policy = instantiate(hydra_compose("train", overrides=["trainer=fsdp"]).trainer.strategy.auto_wrap_policy)
+    GlobalHydra.instance().clear()
+    return [name for name, m in module.named_modules() if policy(module=m, recurse=False, nonwrapped_numel=0)]
+
+
+def test_fsdp_wraps_each_decoder_layer_of_the_llm_families(tiny_llm):
+    """SmolLM2 (nano, small) is a Llama, Qwen2.5 (medium, large) a Qwen2: each decoder layer is a unit."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    qwen = Qwen2ForCausalLM(Qwen2Config(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                        num_attention_heads=4, num_key_value_heads=2))
+    for llm in (tiny_llm.model, qwen):
+        assert _fsdp_units(llm) == [f"model.layers.{i}" for i in range(llm.config.num_hidden_layers)]
+
+
+@pytest.mark.parametrize("encoder", sorted(p.stem for p in (REPO / "conf" / "encoder").glob("*.yaml")))
+def test_fsdp_gives_every_encoder_and_adapter_its_own_unit(compose, encoder):
+    """FSDP1 flattens a unit into one tensor of one dtype: fp32 encoders and adapters must not share the bf16 LLM's."""
+    cfg = compose([f"encoder={encoder}"])
+    net = instantiate(cfg.encoder.net)
+    assert _fsdp_units(net) == [""], f"add {type(net).__name__} to conf/trainer/fsdp.yaml's module_classes"
+    for adapter in sorted(p.stem for p in (REPO / "conf" / "adapter").glob("*.yaml")):
+        module = instantiate(compose([f"encoder={encoder}", f"adapter={adapter}"]).adapter)(in_dim=net.out_dim, out_dim=64)
+        assert _fsdp_units(module) == [""], f"add {type(module).__name__} to conf/trainer/fsdp.yaml's module_classes"
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_configs_compose(compose, stage):
+    trainer = compose([f"trainer=deepspeed_zero{stage}"]).trainer
+    assert (trainer.accelerator, trainer.devices, trainer.precision) == ("gpu", "auto", "bf16-mixed")
+    assert trainer.strategy.stage == stage and trainer.strategy.exclude_frozen_parameters is True
+    if importlib.util.find_spec("deepspeed") is None:  # not a project dependency: Lightning says what to install
+        with pytest.raises(Exception, match="you must have DeepSpeed installed"):
+            instantiate(trainer.strategy)
