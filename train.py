@@ -54,6 +54,10 @@ def train(cfg: DictConfig) -> dict:
     for logger in loggers:
         logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), **counts})
 
+    if cfg.get("init_from"):
+        if cfg.get("ckpt_path"):
+            raise ValueError("init_from starts a new stage from trained weights, ckpt_path resumes a run: choose one")
+        run.module.init_from_checkpoint(cfg.init_from)
     started = time.perf_counter()
     # weights_only: a checkpoint is data; unpickling one must never be able to run code.
     trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)

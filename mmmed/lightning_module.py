@@ -237,6 +237,23 @@ class MultimodalLitModule(L.LightningModule):
         if torch.cuda.is_available():
             checkpoint["mmmed_rng"]["cuda"] = torch.cuda.get_rng_state_all()
 
+    def init_from_checkpoint(self, path: str) -> list[str]:
+        """Start from an earlier stage's trained weights (e.g. align before instruct); returns the keys loaded.
+
+        Every weight the checkpoint holds must exist here; weights it lacks (new LoRA layers) keep their
+        initialisation. Optimizer, scheduler, step and data position start fresh.
+        """
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        if checkpoint.get("mmmed_llm") != self.llm_identity:
+            raise ValueError(f"{path} was trained with LLM {checkpoint.get('mmmed_llm')!r}, this run loads {self.llm_identity!r}")
+        state = checkpoint["state_dict"]
+        unknown = sorted(set(state) - set(self.state_dict()))
+        if unknown:
+            raise ValueError(f"{path} holds weights this model does not have: {unknown[:5]}")
+        self.load_state_dict(state, strict=False)
+        log.info("Initialised %d tensors from %s", len(state), path)
+        return sorted(state)
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Check the checkpoint matches this model, then fill in the frozen weights from the live model."""
         # FSDP, FSDP2 and DeepSpeed load the weights themselves before this hook (see configure_model)

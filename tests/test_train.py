@@ -173,3 +173,24 @@ def test_full_stage_writes_tied_llm_weights_once(compose, demo_root, tmp_path):
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert {f"model.{k}" for k in saved | set(tied)} == set(ckpt["state_dict"])
     assert any(k.startswith("llm.model.layers.") for k in saved)  # the LLM itself trained and was saved
+
+
+def test_instruct_stage_starts_from_an_align_run(compose, demo_root, tmp_path):
+    from mmmed.build import build_run
+
+    train(compose(quick(demo_root, "model=tiny", "logger=csv", "trainer.max_steps=2", "test_after_fit=false"), tmp_path / "align"))
+    aligned = tmp_path / "align" / "checkpoints" / "last.ckpt"
+    saved = torch.load(aligned, map_location="cpu", weights_only=True)["state_dict"]
+    lora = ["stage=instruct", "stage.lora.target_modules=[q_proj,v_proj]"]
+    run = build_run(compose(quick(demo_root, "model=tiny", *lora), tmp_path / "probe"))
+    assert run.module.init_from_checkpoint(str(aligned)) == sorted(saved)
+    state = run.module.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in saved.items())  # encoder and adapter from the align run
+    lora_b = [v for k, v in state.items() if "lora_B" in k]
+    assert lora_b and all((v == 0).all() for v in lora_b)  # LoRA starts fresh: B = 0, the LLM unchanged
+
+    metrics = train(compose(quick(demo_root, "model=tiny", "logger=csv", "trainer.max_steps=2", "test_after_fit=false",
+                                  *lora, f"init_from={aligned}"), tmp_path / "instruct"))
+    assert metrics["params/lora"] > 0
+    with pytest.raises(ValueError, match="init_from starts a new stage from trained weights, ckpt_path resumes a run"):
+        train(compose(quick(demo_root, "model=tiny", *lora, f"init_from={aligned}", f"ckpt_path={aligned}"), tmp_path / "x"))
