@@ -42,6 +42,8 @@ def untied(state: dict) -> tuple[dict, dict[str, str]]:
 def train(cfg: DictConfig) -> dict:
     """Fit, test the best weights, and write metrics.json and trainable.safetensors; returns the metrics."""
     out_dir = Path(cfg.paths.output_dir)
+    if cfg.get("init_from") and cfg.get("ckpt_path"):  # before anything is built or a logger opens a run
+        raise ValueError("init_from starts a new stage from trained weights, ckpt_path resumes a run: choose one")
     L.seed_everything(cfg.seed, workers=True)
     run = build_run(cfg)
     callbacks = _instantiate_group(cfg.get("callbacks"))
@@ -55,8 +57,6 @@ def train(cfg: DictConfig) -> dict:
         logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), **counts})
 
     if cfg.get("init_from"):
-        if cfg.get("ckpt_path"):
-            raise ValueError("init_from starts a new stage from trained weights, ckpt_path resumes a run: choose one")
         run.module.init_from_checkpoint(cfg.init_from)
     started = time.perf_counter()
     # weights_only: a checkpoint is data; unpickling one must never be able to run code.

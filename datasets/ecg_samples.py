@@ -57,7 +57,6 @@ class _OnTheFly:
 
     def __init__(self, preprocessing: ECGPreprocessing, paths: list[str]) -> None:
         self.preprocessing, self.paths = preprocessing, paths
-        self.errors: dict[int, str] = {}
 
     def get(self, index: int) -> PreparedECG:
         return self.preprocessing.prepare(self.paths[index])

@@ -193,4 +193,5 @@ def test_instruct_stage_starts_from_an_align_run(compose, demo_root, tmp_path):
                                   *lora, f"init_from={aligned}"), tmp_path / "instruct"))
     assert metrics["params/lora"] > 0
     with pytest.raises(ValueError, match="init_from starts a new stage from trained weights, ckpt_path resumes a run"):
-        train(compose(quick(demo_root, "model=tiny", *lora, f"init_from={aligned}", f"ckpt_path={aligned}"), tmp_path / "x"))
+        train(compose(quick(demo_root, "model=tiny", "logger=csv", *lora, f"init_from={aligned}", f"ckpt_path={aligned}"),
+                      tmp_path / "x"))
