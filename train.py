@@ -13,9 +13,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 
+from mmmed import cluster
 from mmmed.build import build_run, parameter_counts
+from mmmed.evaluation import json_safe
 
 log = logging.getLogger("mmmed.train")
+cluster.register_resolvers()  # conf/hydra/launcher/slurm.yaml sizes jobs with them
 
 
 def _instantiate_group(group: DictConfig | None) -> list:
@@ -45,11 +48,13 @@ def train(cfg: DictConfig) -> dict:
     if cfg.get("init_from") and cfg.get("ckpt_path"):  # before anything is built or a logger opens a run
         raise ValueError("init_from starts a new stage from trained weights, ckpt_path resumes a run: choose one")
     L.seed_everything(cfg.seed, workers=True)
+    on_cluster = cluster.prepare(cfg, out_dir)  # SLURM requeue + environment; the W&B run id kept in out_dir
     run = build_run(cfg)
-    callbacks = _instantiate_group(cfg.get("callbacks"))
+    callbacks = _instantiate_group(cfg.get("callbacks")) + on_cluster["callbacks"]
     loggers = _instantiate_group(cfg.get("logger"))
     log.info("Trainer: %s", cfg.trainer._target_)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                     **({"plugins": on_cluster["plugins"]} if on_cluster["plugins"] else {}))
 
     counts = parameter_counts(run.module.model)
     log.info("Parameters: %s", ", ".join(f"{k.split('/')[1]}={v:,}" for k, v in counts.items()))
@@ -97,10 +102,12 @@ def train(cfg: DictConfig) -> dict:
         for split, rows in run.module.generations.items():
             with (out_dir / f"generations_{split}.jsonl").open("w") as handle:
                 handle.writelines(json.dumps(row) + "\n" for row in rows)
+        for split, summary in run.module.summaries.items():  # every metric of the last evaluation, as eval.py writes
+            (out_dir / f"eval_{split}.json").write_text(json.dumps(json_safe(summary), indent=2))
         print(f"\nmetrics      {out_dir / 'metrics.json'}")
         print(f"checkpoint   {best or ckpt_dir / 'last.ckpt'}")
         print(f"weights      {weights}")
-        print(f"answers      {out_dir}/generations_{{val,test}}.jsonl")
+        print(f"answers      {out_dir}/generations_{{val,test}}.jsonl (metrics: eval_{{val,test}}.json)")
         for key in ("val/accuracy", "test/accuracy"):
             if key in metrics:
                 print(f"{key:<12} {metrics[key]:.3f}")

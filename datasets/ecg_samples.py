@@ -173,6 +173,14 @@ class ECGSampleDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples) * (1 if self.train else self.preprocessing.eval_crops)
 
+    def plot_inputs(self, index: int) -> dict:
+        """What a picture of item ``index`` shows: its first ECG in millivolts, prepared (resampled,
+        filtered) but not normalised, with lead names and mask (``mmmed.plots.plot_sample``)."""
+        sample_index = index // (1 if self.train else self.preprocessing.eval_crops)
+        prepared = self.signals.get(self.record_index[sample_index][0])
+        return {"kind": "ecg", "signal": prepared.signal, "sampling_rate": self.preprocessing.sampling_rate,
+                "leads": list(self.preprocessing.leads), "lead_mask": np.asarray(prepared.lead_mask, dtype=bool)}
+
     def __getitem__(self, index: int | tuple[int, int]) -> dict:
         # The training sampler passes (index, item seed): a crop then depends on (run seed, epoch,
         # position) only, which makes a resumed run draw exactly the crops of an uninterrupted one.

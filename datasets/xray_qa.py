@@ -115,6 +115,10 @@ class XrayQADataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def plot_inputs(self, index: int) -> dict:
+        """What a picture of item ``index`` shows: the image the encoder sees (``mmmed.plots.plot_sample``)."""
+        return {"kind": "xray", "image": self[index]["signals"][MODALITY][0].numpy()}
+
     def __getitem__(self, index: int | tuple[int, int]) -> dict:
         index = index[0] if isinstance(index, tuple) else index  # (index, item seed): no augmentation uses it
         sample = self.samples[index]

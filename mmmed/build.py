@@ -14,7 +14,8 @@ from mmmed.datamodule import MultimodalDataModule
 from mmmed.lightning_module import MultimodalLitModule
 from mmmed.llm import LoadedLLM
 from mmmed.lora import apply_lora, check_quantization_possible
-from mmmed.metrics import AnswerClassifier
+from mmmed.evaluation import Evaluator
+from mmmed.generation import GenerationSettings
 from mmmed.model import MultimodalLM
 from mmmed.prompts import ChatFormatter, Modality
 
@@ -81,13 +82,28 @@ def build_run(cfg: DictConfig) -> Run:
         optimizer=instantiate(cfg.optimizer),
         param_groups=OmegaConf.to_container(cfg.param_groups, resolve=True),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        classifier=AnswerClassifier(dict(datamodule.answer_classes)),
-        max_new_tokens=datamodule.max_new_tokens,
+        evaluator=build_evaluator(formatter, datamodule, cfg.evaluation),
+        label_scores_in_validation=cfg.evaluation.label_scores_in_validation,
         num_logged_samples=cfg.evaluation.num_logged_samples,
         run_config=OmegaConf.to_container(cfg, resolve=True),
         llm_identity=llm.identity,
     )
     return Run(module, datamodule, formatter, llm)
+
+
+def build_evaluator(formatter: ChatFormatter, datamodule: MultimodalDataModule, evaluation: DictConfig) -> Evaluator:
+    """The scorer validation and eval.py share: the data decides what is scored, ``evaluation`` how."""
+    return Evaluator(
+        formatter,
+        dict(datamodule.answer_classes),
+        GenerationSettings(max_new_tokens=datamodule.max_new_tokens, **evaluation.generation),
+        datamodule.label_scores,
+        datamodule.report_metrics,
+        OmegaConf.to_container(evaluation.bootstrap, resolve=True),
+        evaluation.option_batch_size,
+        evaluation.chexbert_weights,
+        evaluation.radgraph_weights,
+    )
 
 
 def parameter_counts(model: MultimodalLM) -> dict[str, int]:

@@ -27,6 +27,9 @@ class MultimodalDataModule(L.LightningDataModule):
         max_length: longest token sequence; longer answers are truncated, longer prompts are an error.
         answer_classes: class -> regular expression naming it in an answer (for accuracy).
         max_new_tokens: generation budget for an answer when evaluating.
+        label_scores: the label set whose per-label AUROC evaluation reports (a ``LabelScoring``), or None.
+        report_metrics: ``text`` (BLEU, ROUGE-L) or ``radiology`` (also CheXbert/RadGraph F1) when answers
+            are free-text reports, else None.
         seed: seeds the training order and per-item augmentation (with the epoch).
     """
 
@@ -42,6 +45,8 @@ class MultimodalDataModule(L.LightningDataModule):
         max_length: int,
         answer_classes: dict[str, str],
         max_new_tokens: int,
+        label_scores: object | None,
+        report_metrics: str | None,
         seed: int,
     ) -> None:
         super().__init__()
@@ -55,6 +60,10 @@ class MultimodalDataModule(L.LightningDataModule):
         self.max_length = max_length
         self.answer_classes = answer_classes
         self.max_new_tokens = max_new_tokens
+        if report_metrics not in (None, "text", "radiology"):
+            raise ValueError(f"data.report_metrics must be null, text or radiology, not {report_metrics!r}")
+        self.label_scores = label_scores
+        self.report_metrics = report_metrics
         self.seed = seed
         self.formatter: ChatFormatter | None = None
         self.splits: dict[str, Dataset] = {}
@@ -69,9 +78,16 @@ class MultimodalDataModule(L.LightningDataModule):
             self.prepare()
 
     def setup(self, stage: str | None = None) -> None:
+        # Building a split may build its cache (e.g. the ECG signal cache): global rank 0 first, the others
+        # after the barrier open what it wrote instead of each building it again.
+        distributed = self.trainer is not None and self.trainer.world_size > 1
+        if distributed and not self.trainer.is_global_zero:
+            self.trainer.strategy.barrier("mmmed.datamodule.setup")
         for split, kwargs in self.split_kwargs.items():
             if split not in self.splits:
                 self.splits[split] = self.dataset_factory(**kwargs)
+        if distributed and self.trainer.is_global_zero:
+            self.trainer.strategy.barrier("mmmed.datamodule.setup")
         # Signal statistics come from the training split only, and every split uses them. A checkpoint
         # carries them (state_dict below), so evaluation reuses the training run's numbers.
         train = self.splits.get("train")
@@ -119,8 +135,12 @@ class MultimodalDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True, self.batch_size, False)
 
+    def eval_dataloader(self, split: str) -> DataLoader:
+        """A split in order, batched for generation: what validation, testing and eval.py score."""
+        return self._loader(split, False, self.eval_batch_size, True)
+
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False, self.eval_batch_size, True)
+        return self.eval_dataloader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False, self.eval_batch_size, True)
+        return self.eval_dataloader("test")

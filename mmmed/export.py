@@ -17,25 +17,16 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from functools import partial
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-import mmmed
-from mmmed.adapters import num_output_tokens
-from mmmed.inference import CONFIG_NAME, check_llm_identity, resolve_allowed
-from mmmed.lora import apply_lora, merge_lora
-from mmmed.model import MultimodalLM
-from mmmed.prompts import ChatFormatter, Modality
+from mmmed.inference import CONFIG_NAME
+from mmmed.lora import merge_lora
+from mmmed.restore import restore_checkpoint
 
 USAGE = "usage: python -m mmmed.export ckpt=PATH out=DIR [merge_lora=true|false]"
-
-
-def _kwargs(node: dict, drop: tuple[str, ...] = ("_target_", "_partial_")) -> dict:
-    """A config node's constructor arguments: without Hydra's keys (and any others named)."""
-    return {key: value for key, value in node.items() if key not in drop}
 
 
 def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -109,81 +100,30 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, merge: bool = 
     ckpt_path, out = Path(ckpt_path), Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty: export into a new folder, so files of two models never mix")
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    cfg = ckpt.get("mmmed_config")
-    if not cfg:
-        raise ValueError(f"{ckpt_path} holds no mmmed_config: not a checkpoint written by mmmed's train.py")
-    stage, modality, lora = cfg["stage"], cfg["encoder"]["modality"], cfg["stage"].get("lora")
-    if merge and not lora:
-        raise ValueError(f"merge_lora=true needs a LoRA checkpoint (stage=instruct); {ckpt_path} is stage={stage['name']}")
-    llm_kwargs, net = _kwargs(cfg["model"]["llm"]), _kwargs(cfg["encoder"]["net"])
-    if not stage["train_encoder"] and not net.get("pretrained"):
-        raise ValueError("The encoder was frozen at random initialisation, so the checkpoint does not hold it "
-                         "and nothing can re-create it; only trained or pretrained encoders can be exported.")
-
-    llm = resolve_allowed(cfg["model"]["llm"]["_target_"])(**llm_kwargs)  # the base LLM, as training loaded it
-    check_llm_identity(ckpt.get("mmmed_llm"), llm.identity)
-    if lora:  # QLoRA's 4-bit base is not kept: the LoRA weights apply to the base LLM in its own dtype
-        llm.model = apply_lora(llm.model, lora["r"], lora["alpha"], lora["dropout"], list(lora["target_modules"]), False)
-    encoder = resolve_allowed(cfg["encoder"]["net"]["_target_"])(**net)
-    adapter_kwargs = _kwargs(cfg["adapter"])
-    adapter_factory = partial(resolve_allowed(cfg["adapter"]["_target_"]), **adapter_kwargs)
-    hidden = llm.model.get_input_embeddings().embedding_dim
-    with torch.device("meta"):  # as build_run: a weightless probe of how many LLM tokens a signal becomes
-        num_tokens = num_output_tokens(adapter_factory(in_dim=encoder.out_dim, out_dim=hidden), encoder.num_tokens)
-    formatter = ChatFormatter(llm.tokenizer, [Modality(modality, num_tokens)], cfg["prompt"]["system"],
-                              cfg["data"]["max_length"])  # adds the placeholder token to the tokenizer
-    model = MultimodalLM(llm.model, {modality: encoder}, adapter_factory, formatter.placeholder_ids,
-                         train_llm=stage["train_llm"], train_encoders=stage["train_encoder"])
-    trained = {key.removeprefix("model."): value for key, value in ckpt["state_dict"].items()}
-    expected = set(model.trainable_state_dict())
-    if set(trained) != expected:
-        raise ValueError(f"{ckpt_path} does not fit its own config: missing {sorted(expected - set(trained))[:5]}, "
-                         f"unexpected {sorted(set(trained) - expected)[:5]}")
-    model.load_state_dict(trained, strict=False)  # the rest is the frozen LLM (and a pretrained encoder)
+    if merge:  # before minutes of loading: the stage is in the checkpoint's config
+        stage = (torch.load(ckpt_path, map_location="cpu", weights_only=True).get("mmmed_config") or {}).get("stage", {})
+        if not stage.get("lora"):
+            raise ValueError(f"merge_lora=true needs a LoRA checkpoint (stage=instruct); {ckpt_path} is "
+                             f"stage={stage.get('name')}")
+    restored = restore_checkpoint(ckpt_path)
+    model, config = restored.model, restored.config
+    modality = config["modality"]
 
     out.mkdir(parents=True, exist_ok=True)
     save_file(_tensors(model.encoders[modality].state_dict()), out / "encoder.safetensors")
     save_file(_tensors(model.adapters[modality].state_dict()), out / "adapter.safetensors")
     weights = "reference"
-    if lora and merge:
+    if restored.lora and merge:
         weights = "merged"
         merge_lora(model.llm).save_pretrained(out / "llm")  # transformers 5 writes safetensors only
-    elif lora:
+    elif restored.lora:
         weights = "lora"
         model.llm.save_pretrained(out / "lora")  # adapter_model.safetensors + adapter_config.json
-    elif stage["train_llm"]:
+    elif restored.train_llm:
         weights = "full"
         model.llm.save_pretrained(out / "llm")
-    formatter.tokenizer.save_pretrained(out / "tokenizer")
-
-    if "pretrained" in net:
-        net["pretrained"] = False  # its weights ship in encoder.safetensors: loading downloads nothing
-    dataset = cfg["data"]["dataset"]
-    images = dataset.get("images")
-    config = {
-        "mmmed_version": mmmed.__version__,
-        "stage": stage["name"],
-        "modality": modality,
-        "placeholder": formatter.modalities[modality].placeholder,
-        "placeholder_id": formatter.placeholder_ids[modality],
-        "num_tokens": num_tokens,  # placeholder tokens per signal: what the adapter hands the LLM
-        "system_prompt": cfg["prompt"]["system"],
-        "question": dataset.get("question"),
-        "max_length": cfg["data"]["max_length"],
-        "max_new_tokens": cfg["data"]["max_new_tokens"],
-        "answer_classes": dict(cfg["data"]["answer_classes"]),
-        "encoder": {"class": cfg["encoder"]["net"]["_target_"], "kwargs": net},
-        "adapter": {"class": cfg["adapter"]["_target_"], "kwargs": adapter_kwargs, "in_dim": encoder.out_dim,
-                    "out_dim": hidden},
-        "llm": {"target": cfg["model"]["llm"]["_target_"], "kwargs": llm_kwargs, "identity": llm.identity,
-                "dtype": llm_kwargs["dtype"], "weights": weights, "lora": lora},
-        # The pipelines that made the encoder's inputs in training, so inference prepares files the same way.
-        "ecg_preprocessing": _kwargs(dataset["preprocessing"]) if dataset.get("preprocessing") else None,
-        "xray_images": _kwargs(images, ("_target_", "cache_dir", "workers")) if images else None,
-        "normalization": (ckpt.get("MultimodalDataModule") or {}).get("normalization"),
-        "data": {"dataset": dataset["_target_"], "task": dataset.get("task")},
-    }
+    restored.formatter.tokenizer.save_pretrained(out / "tokenizer")
+    config["llm"]["weights"] = weights
     (out / CONFIG_NAME).write_text(json.dumps(config, indent=2))
     (out / "README.md").write_text(model_card(config, _metrics_next_to(ckpt_path), ckpt_path))
     return out

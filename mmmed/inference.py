@@ -5,9 +5,9 @@ configuration is JSON, and the classes it names are imported only from mmmed's o
 (``ALLOWED_PREFIXES``). Code from an LLM's repository runs only when the caller passes
 ``trust_remote_code=True``.
 
-    from mmmed.inference import load_exported
-    predictor = load_exported("exported/ecg-nano")
-    predictor.answer_file("<ecg>\\nWhat rhythm does this ECG show?", "ptbxl/records100/00000/00001_lr")
+    from mmmed.inference import load
+    predictor = load("exported/ecg-nano")      # or a training run folder, or a .ckpt file
+    predictor.answer("<ecg>\\nWhat rhythm does this ECG show?", "ptbxl/records100/00000/00001_lr")
 
 A folder exported from model=tiny names ``mmmed.llm.random_llm``: that LLM is rebuilt from its stored
 settings and seed, which only tests need.
@@ -29,6 +29,8 @@ from safetensors.torch import load_file
 
 from mmmed.adapters import num_output_tokens
 from mmmed.collate import pad_sequences, stack_signals
+from mmmed.generation import GenerationSettings, generate_answers, score_options
+from mmmed.label_scores import softmax
 from mmmed.llm import load_causal_lm, load_tokenizer
 from mmmed.metrics import CROP_SEPARATOR, AnswerClassifier, aggregate_crops
 from mmmed.model import MultimodalLM
@@ -102,7 +104,14 @@ def _to(signal: Signal, device: torch.device) -> Signal:
 
 
 class MultimodalPredictor:
-    """Greedy answers from an exported model to questions whose ``<ecg>``/``<xray>`` tags mark the signals."""
+    """Answers from a trained model to questions whose ``<ecg>``/``<xray>`` tags mark the signals.
+
+    Args:
+        model: the multimodal model (eval mode).
+        formatter: its chat formatter.
+        config: the inference settings (``mmmed_config.json``): preprocessing, answer classes, label set.
+        device: where the model runs.
+    """
 
     def __init__(self, model: MultimodalLM, formatter: ChatFormatter, config: dict, device: str | torch.device = "cpu") -> None:
         self.model = model.eval()
@@ -111,6 +120,8 @@ class MultimodalPredictor:
         self.config = config
         self.device = torch.device(device)
         self.classifier = AnswerClassifier(config["answer_classes"])
+        self.greedy = GenerationSettings(max_new_tokens=config["max_new_tokens"], do_sample=False, temperature=1.0,
+                                         top_p=1.0, num_samples=1, use_cache=True)
 
     def prompt_batch(self, questions: list[str], signals: list[dict[str, list[Signal]]]) -> dict[str, Any]:
         """Left-padded prompts and stacked signals, keyed and built as MultimodalCollator's generation view."""
@@ -120,27 +131,35 @@ class MultimodalPredictor:
                    for m in sorted({m for sig in signals for m in sig})}  # {m: (M, ...)} in placeholder order
         return {"prompt_input_ids": ids.to(self.device), "prompt_attention_mask": mask.to(self.device), "signals": stacked}
 
+    def generate(self, questions: list[str], signals: list[dict[str, list[Signal]]],
+                 settings: GenerationSettings | None = None) -> list[list[str]]:
+        """``settings.num_samples`` answers per question (greedy: one), batched with left padding."""
+        batch = self.prompt_batch(questions, signals)
+        return generate_answers(self.model, self.formatter, batch["prompt_input_ids"], batch["prompt_attention_mask"],
+                                batch["signals"], settings or self.greedy)
+
     def answer_batch(self, questions: list[str], signals: list[dict[str, list[Signal]]]) -> list[str]:
         """Greedy answers to several questions, batched exactly as validation batches them."""
-        batch = self.prompt_batch(questions, signals)
-        new_tokens = self.model.generate(
-            batch["prompt_input_ids"], batch["prompt_attention_mask"], batch["signals"],
-            max_new_tokens=self.config["max_new_tokens"], do_sample=False,
-            eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
-        )  # (B, new)
-        return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        return [samples[0] for samples in self.generate(questions, signals)]
 
-    def answer(self, question: str, signals: dict[str, list[Signal]]) -> str:
-        """Greedy answer to one question; ``signals`` holds one input per tag, e.g. ``{"ecg": [(12, T) tensor]}``."""
-        return self.answer_batch([question], [signals])[0]
+    def option_scores(self, questions: list[str], signals: list[dict[str, list[Signal]]],
+                      options: list[list[str]], batch_size: int = 32) -> list[dict[str, dict[str, float]]]:
+        """Per question, each option's log-likelihood and its probability among the options given."""
+        logprobs = score_options(self.model, self.formatter, questions, signals, options, batch_size, self.device)
+        return [{option: {"logprob": lp, "prob": p} for option, lp, p in zip(opts, lps, softmax(lps))}
+                for opts, lps in zip(options, logprobs)]
+
+    def answer(self, question: str, source: str | Path | dict[str, list[Signal]]) -> str:
+        """Greedy answer about a file (WFDB record, ``.dcm``, image) or signals (``{"ecg": [(12, T) tensor]}``)."""
+        if isinstance(source, (str, Path)):
+            return self.answer_file(question, source)
+        return self.answer_batch([question], [source])[0]
 
     def file_inputs(self, path: str | Path) -> list[Signal]:
         """Encoder inputs of one file, prepared as in training: one per ECG evaluation window, or one image."""
         settings = self.config
         if settings.get("ecg_preprocessing"):
-            from mmmed_datasets.ecg_preprocess import ECGPreprocessing
-
-            pipeline = ECGPreprocessing(**settings["ecg_preprocessing"])
+            pipeline = self._ecg_pipeline()
             prepared = pipeline.prepare(path)  # (L, T) at the training rate, filtered
             windows = []
             for start in pipeline.window_starts(prepared.signal.shape[1], train=False, rng=None):
@@ -157,15 +176,80 @@ class MultimodalPredictor:
             return [torch.from_numpy(pixels.astype(np.float16).astype(np.float32))]  # float16 as the image cache stores it
         raise ValueError(f"{CONFIG_NAME} stores no file pipeline for {settings['modality']}; pass signals to answer()")
 
+    def _ecg_pipeline(self):
+        from mmmed_datasets.ecg_preprocess import ECGPreprocessing
+
+        return ECGPreprocessing(**self.config["ecg_preprocessing"])
+
+    def predict_files(self, questions: list[str], paths: list[str | Path], settings: GenerationSettings | None = None,
+                      options: list[list[str] | None] | None = None, batch_size: int = 16,
+                      option_batch_size: int = 32) -> list[dict[str, Any]]:
+        """Answers about files, generated ``batch_size`` encoder inputs at a time (left-padded, KV cache).
+
+        Per file: ``answer`` (several ECG evaluation windows vote, as in evaluation), ``samples`` when
+        sampling several, and ``options`` ({option: {logprob, prob}}, averaged over windows) when given.
+        """
+        options = options or [None] * len(paths)
+        jobs = [(row, question, signal) for row, (question, path) in enumerate(zip(questions, paths))
+                for signal in self.file_inputs(path)]  # one job per encoder input (ECG window, image)
+        generated: list[list[str]] = []
+        for start in range(0, len(jobs), batch_size):
+            chunk = jobs[start : start + batch_size]
+            generated += self.generate([q for _, q, _ in chunk], [{self.config["modality"]: [x]} for _, _, x in chunk],
+                                       settings)
+        results = []
+        for row, (question, path) in enumerate(zip(questions, paths)):
+            mine = [k for k, job in enumerate(jobs) if job[0] == row]
+            windows = [{"id": f"{path}{CROP_SEPARATOR}{n}", "answer": generated[k][0],
+                        "predicted_label": self.classifier(generated[k][0])} for n, k in enumerate(mine)]
+            result: dict[str, Any] = {"answer": windows[0]["answer"] if len(windows) == 1
+                                      else aggregate_crops(windows)[0]["answer"]}
+            if settings is not None and settings.num_samples > 1:
+                result["samples"] = [answer for k in mine for answer in generated[k]]
+            if options[row]:
+                signals = [{self.config["modality"]: [jobs[k][2]]} for k in mine]
+                scores = self.option_scores([question] * len(mine), signals, [list(options[row])] * len(mine),
+                                            option_batch_size)
+                result["options"] = {option: {key: float(np.mean([window[option][key] for window in scores]))
+                                              for key in ("logprob", "prob")} for option in options[row]}
+            results.append(result)
+        return results
+
+    def predict_file(self, question: str, path: str | Path, settings: GenerationSettings | None = None,
+                     options: list[str] | None = None) -> dict[str, Any]:
+        """``predict_files`` for one file."""
+        return self.predict_files([question], [path], settings, [options])[0]
+
     def answer_file(self, question: str, path: str | Path) -> str:
-        """Answer about one ECG record (WFDB or .dcm) or radiograph; several ECG windows vote as in evaluation."""
-        inputs = self.file_inputs(path)
-        answers = self.answer_batch([question] * len(inputs), [{self.config["modality"]: [x]} for x in inputs])
-        if len(answers) == 1:
-            return answers[0]
-        rows = [{"id": f"{path}{CROP_SEPARATOR}{k}", "answer": a, "predicted_label": self.classifier(a)}
-                for k, a in enumerate(answers)]
-        return aggregate_crops(rows)[0]["answer"]
+        """Greedy answer about one ECG record (WFDB or .dcm) or radiograph; ECG windows vote as in evaluation."""
+        return self.predict_file(question, path)["answer"]
+
+    def picture_inputs(self, path: str | Path) -> dict[str, Any]:
+        """What a picture of this file shows: an ECG in millivolts as prepared (before normalising), or the image
+        the encoder saw (see ``mmmed.plots.plot_sample``)."""
+        if self.config.get("ecg_preprocessing"):
+            pipeline = self._ecg_pipeline()
+            prepared = pipeline.prepare(path)
+            return {"kind": "ecg", "signal": prepared.signal, "sampling_rate": pipeline.sampling_rate,
+                    "leads": list(pipeline.leads), "lead_mask": np.asarray(prepared.lead_mask, dtype=bool)}
+        image = self.file_inputs(path)[0]
+        return {"kind": "xray", "image": image.numpy()}
+
+
+def load(path: str | Path, device: str | torch.device = "cpu", llm_cache_dir: str | Path | None = None,
+         trust_remote_code: bool = False) -> MultimodalPredictor:
+    """A predictor from an exported folder, a training run folder or a ``.ckpt`` file.
+
+    A run folder gives its best checkpoint (``metrics.json`` ``weights_from``), else ``checkpoints/last.ckpt``.
+    Checkpoints load with ``weights_only=True``; the frozen LLM comes from its source as in training.
+    """
+    path = Path(path)
+    if (path / CONFIG_NAME).is_file():
+        return load_exported(path, llm_cache_dir, trust_remote_code, device)
+    from mmmed.restore import find_checkpoint, restore_checkpoint  # restore imports this module
+
+    restored = restore_checkpoint(find_checkpoint(path))
+    return MultimodalPredictor(restored.model.to(device).eval(), restored.formatter, restored.config, device)
 
 
 def load_exported(directory: str | Path, llm_cache_dir: str | Path | None = None, trust_remote_code: bool = False,

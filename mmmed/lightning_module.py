@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import WandbLogger
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import PreTrainedTokenizerBase
 
-from mmmed.metrics import AnswerClassifier, aggregate_crops, class_accuracy, exact_match
+from mmmed.evaluation import Evaluator, scalar_metrics
 from mmmed.model import MultimodalLM
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,9 @@ class MultimodalLitModule(L.LightningModule):
         param_groups: per trained part (``encoder``, ``adapter``, ``lora``, ``llm``) its optimizer
             settings, e.g. ``{"lr": 1e-3, "weight_decay": 0.01}``.
         scheduler: partial taking ``optimizer`` and ``total_steps``, or None.
-        classifier: maps an answer to its class for accuracy.
-        max_new_tokens: generation budget when validating.
+        evaluator: generates and scores answers (the code eval.py runs too).
+        label_scores_in_validation: also score the label set's candidate answers (AUROC) when validating
+            during training; the test split always does.
         num_logged_samples: generations kept for the W&B table per evaluation.
         run_config: the resolved run configuration, stored in every checkpoint.
         llm_identity: what identifies the LLM (name and source), checked on resume.
@@ -58,8 +59,8 @@ class MultimodalLitModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         param_groups: dict[str, dict],
         scheduler: Callable[..., Any] | None,
-        classifier: AnswerClassifier,
-        max_new_tokens: int,
+        evaluator: Evaluator,
+        label_scores_in_validation: bool,
         num_logged_samples: int,
         run_config: dict | None = None,
         llm_identity: str | None = None,
@@ -70,13 +71,14 @@ class MultimodalLitModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.param_groups = {part: dict(settings) for part, settings in param_groups.items()}
         self.scheduler_factory = scheduler
-        self.classifier = classifier
-        self.max_new_tokens = max_new_tokens
+        self.evaluator = evaluator
+        self.label_scores_in_validation = label_scores_in_validation
         self.num_logged_samples = num_logged_samples
         self.run_config = run_config or {}
         self.llm_identity = llm_identity
         self._outputs: dict[str, list[dict]] = {"val": [], "test": []}
         self.generations: dict[str, list[dict]] = {}  # the latest evaluation's answers per split
+        self.summaries: dict[str, dict] = {}  # the latest evaluation's full metrics per split (eval_<split>.json)
 
     # ---- training -------------------------------------------------------------------------
     def _loss(self, batch: dict) -> tuple[torch.Tensor, int]:
@@ -105,32 +107,13 @@ class MultimodalLitModule(L.LightningModule):
     # ---- evaluation -----------------------------------------------------------------------
     def generate_answers(self, batch: dict) -> list[str]:
         """Greedy answers for a batch's left-padded prompts."""
-        new_tokens = self.model.generate(
-            batch["prompt_input_ids"],
-            batch["prompt_attention_mask"],
-            batch["signals"],
-            max_new_tokens=self.max_new_tokens,
-            do_sample=False,
-            eos_token_id=self.tokenizer.eos_token_id,
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
-        return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        return [row["answer"] for row in self.evaluator.batch_rows(self.model, batch, with_label_scores=False)]
 
     def _eval_step(self, batch: dict, split: str) -> None:
         loss, _ = self._loss(batch)
         self.log(f"{split}/loss", loss, batch_size=batch["input_ids"].shape[0], sync_dist=True)
-        answers = self.generate_answers(batch)
-        for i, answer in enumerate(answers):
-            self._outputs[split].append(
-                {
-                    "id": batch["ids"][i],
-                    "question": batch["questions"][i],
-                    "reference": batch["references"][i],
-                    "answer": answer,
-                    "reference_label": batch["reference_labels"][i],
-                    "predicted_label": self.classifier(answer),
-                }
-            )
+        with_scores = split == "test" or self.label_scores_in_validation
+        self._outputs[split] += self.evaluator.batch_rows(self.model, batch, with_label_scores=with_scores)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -142,13 +125,11 @@ class MultimodalLitModule(L.LightningModule):
         outputs, self._outputs[split] = self._outputs[split], []
         if not outputs:
             return
-        records = aggregate_crops(outputs)  # several evaluation windows of one record vote
-        accuracy, scored = class_accuracy([o["predicted_label"] for o in records], [o["reference_label"] for o in records])
-        self.log(f"{split}/accuracy", accuracy, prog_bar=True, batch_size=max(scored, 1))
-        self.log(f"{split}/num_scored", float(scored), batch_size=1)
-        self.log(f"{split}/exact_match", exact_match([o["answer"] for o in records], [o["reference"] for o in records]),
-                 batch_size=len(records))
+        summary = self.evaluator.summarize(outputs)  # several evaluation windows of one record vote
+        for key, value in scalar_metrics(summary).items():
+            self.log(f"{split}/{key}", value, prog_bar=key == "accuracy", batch_size=1)
         self.generations[split] = outputs
+        self.summaries[split] = summary
         if not self.trainer.sanity_checking:
             for o in outputs[:3]:
                 log.info("%s %s | ref: %s | answer: %s", split, o["id"], o["reference"], o["answer"])

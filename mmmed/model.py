@@ -162,6 +162,30 @@ class MultimodalLM(nn.Module):
         return loss, int((kept_targets != IGNORE_INDEX).sum())
 
     @torch.no_grad()
+    def answer_logprobs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        labels: torch.Tensor,
+        signals: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
+        """Log-probability of each sample's labelled answer tokens under teacher forcing. (B,)
+
+        The same positions the loss covers (the answer and its end-of-turn token), summed per sample:
+        how likely the model finds that exact answer. Used to score answer options.
+        """
+        embeds = self.embed(input_ids, signals)
+        targets = labels[:, 1:]  # (B, L-1)
+        keep = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(1)  # (K,)
+        out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                       logits_to_keep=keep, use_cache=False)
+        logprobs = out.logits.float().log_softmax(-1)  # (B, K, V)
+        kept = targets[:, keep]  # (B, K)
+        picked = logprobs.gather(-1, kept.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, K)
+        return picked.masked_fill(kept == IGNORE_INDEX, 0.0).sum(-1)
+
+    @torch.no_grad()
     def generate(
         self,
         prompt_input_ids: torch.Tensor,

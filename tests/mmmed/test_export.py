@@ -227,7 +227,7 @@ def test_answer_file_runs_the_stored_ecg_pipeline_like_the_dataset(stage, traine
         assert len(windows) == crops
         assert all(same_signal(window, item["signals"]["ecg"][0]) for window, item in zip(windows, items))
         batch = MultimodalCollator(run.formatter, generation_inputs=True)(items)
-        rows = [{**item, "predicted_label": run.module.classifier(answer), "answer": answer}
+        rows = [{**item, "predicted_label": run.module.evaluator.classifier(answer), "answer": answer}
                 for item, answer in zip(items, run.module.generate_answers(batch))]
         assert predictor.answer_file(question, record) == aggregate_crops(rows)[0]["answer"]
 

@@ -1,0 +1,161 @@
+"""Score a trained model on a data split: ``python eval.py ckpt=<run | .ckpt | exported folder> [split=test]``.
+
+Writes ``eval.json`` (every metric: accuracy, per-class precision/recall/F1, exact match, label-set
+AUROC with bootstrap intervals, report BLEU/ROUGE-L), ``generations.jsonl``, and pictures of the first
+records; logs the scalars and a generations table with the pictures to W&B. Answers are generated and
+scored by ``mmmed.evaluation.Evaluator``: the code validation runs during training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from mmmed.build import build_evaluator
+from mmmed.datamodule import MultimodalDataModule
+from mmmed.evaluation import json_safe, scalar_metrics
+from mmmed.inference import MultimodalPredictor, load
+from mmmed.metrics import CROP_SEPARATOR
+from mmmed.plots import plot_sample
+from mmmed.restore import find_checkpoint
+
+log = logging.getLogger("mmmed.eval")
+SPLITS = ("train", "val", "test")
+
+
+def data_config(cfg: DictConfig, predictor: MultimodalPredictor) -> DictConfig:
+    """The data to score, with the model's own signal preparation wherever the data config refers to it."""
+    model = predictor.config
+    with open_dict(cfg):
+        if cfg.get("ecg_signal") is not None and model.get("ecg_preprocessing"):
+            cfg.ecg_signal.preprocessing = {"_target_": "mmmed_datasets.ecg_preprocess.ECGPreprocessing",
+                                            **model["ecg_preprocessing"]}
+        cfg.encoder = {"modality": model["modality"], "net": model["encoder"]["kwargs"]}  # e.g. ${encoder.net.img_size}
+        if cfg.get("data") is None:
+            run_config = _run_config(cfg.ckpt)
+            if run_config is None:
+                raise ValueError(f"{cfg.ckpt} is an exported model, which does not record its data: pass data=<name> "
+                                 f"(a conf/data file) and its settings, e.g. data.root=...")
+            cfg.data = run_config["data"]
+        if model.get("xray_images") and cfg.data.dataset.get("images") is not None:
+            for key in ("size", "apply_voi"):  # the image preparation the encoder was trained on
+                cfg.data.dataset.images[key] = model["xray_images"][key]
+    return cfg.data
+
+
+def _run_config(ckpt: str) -> dict | None:
+    """The training run's resolved config, for checkpoints and run folders; None for exported folders."""
+    if (Path(ckpt) / "mmmed_config.json").is_file():
+        return None
+    return torch.load(find_checkpoint(ckpt), map_location="cpu", weights_only=True)["mmmed_config"]
+
+
+def evaluate(cfg: DictConfig, predictor: MultimodalPredictor | None = None) -> dict:
+    """Score ``cfg.split``; writes eval.json, generations.jsonl and pictures into the output folder."""
+    if cfg.split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, not {cfg.split!r}")
+    out_dir = Path(cfg.paths.output_dir)
+    predictor = predictor or load(cfg.ckpt, cfg.device, cfg.llm_cache_dir, cfg.trust_remote_code)
+    data_cfg = data_config(cfg, predictor)
+    if cfg.split not in data_cfg.splits:
+        raise ValueError(f"the data config has no {cfg.split!r} split (it has {sorted(data_cfg.splits)})")
+    datamodule: MultimodalDataModule = instantiate(data_cfg, seed=cfg.seed)
+    datamodule.split_kwargs = {cfg.split: datamodule.split_kwargs[cfg.split]}  # build only the split scored
+    datamodule.normalization = predictor.config["normalization"]  # the training split's, never this split's
+    datamodule.attach_formatter(predictor.formatter)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    dataset = datamodule.splits[cfg.split]
+    evaluator = build_evaluator(predictor.formatter, datamodule, cfg.evaluation)
+
+    rows = []
+    for batch in datamodule.eval_dataloader(cfg.split):
+        modalities = set(batch["signals"])
+        if modalities != {predictor.config["modality"]}:
+            raise ValueError(f"the data holds {sorted(modalities)} signals, the model reads {predictor.config['modality']}")
+        batch = _to_device(batch, predictor.device)
+        rows += evaluator.batch_rows(predictor.model, batch)
+    summary = evaluator.summarize(rows)
+
+    pictures = out_dir / "pictures"
+    pictured = 0
+    for index, row in enumerate(rows):  # the loader keeps the dataset's order: row i is item i
+        if pictured == cfg.num_pictures:
+            break
+        if CROP_SEPARATOR in row["id"] and not row["id"].endswith(f"{CROP_SEPARATOR}0"):
+            continue  # one picture per record
+        row["picture"] = str(plot_sample(dataset.plot_inputs(index), pictures / f"{index:05d}.png",
+                                         question=row["question"], reference=row["reference"], answer=row["answer"]))
+        pictured += 1
+
+    report = {"ckpt": str(cfg.ckpt), "split": cfg.split, "data": data_cfg.dataset._target_,
+              "num_rows": len(rows), "metrics": summary, "data_stats": datamodule.data_stats()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "eval.json").write_text(json.dumps(json_safe(report), indent=2))
+    with (out_dir / "generations.jsonl").open("w") as handle:
+        handle.writelines(json.dumps(row) + "\n" for row in rows)
+    _log_to_loggers(cfg, summary, rows)
+    return report
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    def move(value):
+        if isinstance(value, torch.Tensor):
+            return value.to(device)
+        if isinstance(value, dict):
+            return {k: move(v) for k, v in value.items()}
+        return value
+
+    return {key: move(value) for key, value in batch.items()}
+
+
+def _log_to_loggers(cfg: DictConfig, summary: dict, rows: list[dict]) -> None:
+    """Scalars as ``<split>/<metric>``, and on W&B a generations table whose pictures are images."""
+    scalars = {f"{cfg.split}/{key}": value for key, value in scalar_metrics(summary).items()}
+    for entry in (cfg.get("logger") or {}).values():
+        if entry is None or "_target_" not in entry:
+            continue
+        logger = instantiate(entry)
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_metrics(scalars, step=0)
+        if isinstance(logger, WandbLogger):
+            import wandb
+
+            table = [[r["id"], r["question"], r["reference"], r["answer"],
+                      wandb.Image(r["picture"]) if "picture" in r else None] for r in rows[: cfg.evaluation.num_logged_samples]]
+            logger.log_table(f"{cfg.split}/generations", columns=["id", "question", "reference", "answer", "picture"],
+                             data=table)
+        logger.finalize("success")
+
+
+@hydra.main(config_path="conf", config_name="eval", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns the split's accuracy (for sweepers)."""
+    try:
+        report = evaluate(cfg)
+    finally:
+        import wandb  # a crashed run must still close its W&B files
+
+        if wandb.run is not None:
+            wandb.finish()
+    metrics = report["metrics"]
+    for key, value in scalar_metrics(metrics).items():
+        print(f"{cfg.split}/{key:<14} {value:.4f}")
+    if "auroc" in metrics:
+        low, high = metrics["auroc"]["macro_auroc_ci"]
+        print(f"{cfg.split}/macro_auroc CI  [{low:.4f}, {high:.4f}] ({metrics['auroc']['bootstrap']['confidence']:.0%})")
+    for metric, reason in metrics.get("skipped", {}).items():
+        print(f"skipped {metric}: {reason}")
+    print(f"\neval         {Path(cfg.paths.output_dir) / 'eval.json'}")
+    return metrics.get("accuracy")
+
+
+if __name__ == "__main__":
+    main()

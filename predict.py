@@ -1,0 +1,97 @@
+"""Ask a trained model about an ECG or a chest X-ray: ``python predict.py ckpt=... input=... question=...``.
+
+One ``input`` prints the answer (and sampled answers, option scores); a ``manifest`` CSV answers many
+and writes JSONL. Either way a picture of each input with the question and answer is saved next to the
+predictions (conf/predict.yaml).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from mmmed.generation import GenerationSettings
+from mmmed.inference import MultimodalPredictor, load
+from mmmed.plots import plot_sample
+
+log = logging.getLogger("mmmed.predict")
+
+
+def read_manifest(path: Path) -> list[dict]:
+    """Rows of a predict manifest: ``input`` (relative to the CSV's folder), ``question``, optional
+    ``options`` ("a|b|c") and ``reference``."""
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"input", "question"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: manifest lacks column(s) {sorted(missing)}; it needs input,question[,options][,reference]")
+        rows = []
+        for line, row in enumerate(reader, start=2):
+            if not (row["input"] or "").strip() or not (row["question"] or "").strip():
+                raise ValueError(f"{path}, line {line}: empty input or question")
+            source = Path(row["input"].strip())
+            options = [o.strip() for o in (row.get("options") or "").split("|") if o.strip()]
+            rows.append({"input": str(source if source.is_absolute() else path.parent / source),
+                         "question": row["question"], "options": options or None,
+                         "reference": (row.get("reference") or "").strip() or None})
+    if not rows:
+        raise ValueError(f"{path}: manifest has no rows")
+    return rows
+
+
+def predict(cfg: DictConfig, predictor: MultimodalPredictor | None = None) -> list[dict]:
+    """Answer the configured input or manifest; writes the JSONL and pictures, returns the rows written."""
+    if (cfg.input is None) == (cfg.manifest is None):
+        raise ValueError("give exactly one of input=<file> or manifest=<csv>")
+    predictor = predictor or load(cfg.ckpt, cfg.device, cfg.llm_cache_dir, cfg.trust_remote_code)
+    generation = OmegaConf.to_container(cfg.generation, resolve=True)
+    generation["max_new_tokens"] = generation["max_new_tokens"] or predictor.config["max_new_tokens"]
+    settings = GenerationSettings(**generation)
+    if cfg.manifest is not None:
+        rows = read_manifest(Path(cfg.manifest))
+    else:
+        question = cfg.question or predictor.config.get("question")
+        if not question:
+            raise ValueError("this model was trained on questions from a file: pass question=\"<tag> ...\"")
+        options = list(cfg.options) if cfg.options else None
+        rows = [{"input": str(cfg.input), "question": question, "options": options, "reference": cfg.reference}]
+    results = predictor.predict_files([r["question"] for r in rows], [r["input"] for r in rows], settings,
+                                      [r["options"] for r in rows], cfg.batch_size, cfg.option_batch_size)
+    output = Path(cfg.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for number, (row, result) in enumerate(zip(rows, results)):
+        record = {"input": row["input"], "question": row["question"], **result}
+        if row["reference"] is not None:
+            record["reference"] = row["reference"]
+        if cfg.pictures:
+            picture = output.parent / "pictures" / f"{number:05d}_{Path(row['input']).name}.png"
+            plot_sample(predictor.picture_inputs(row["input"]), picture, question=row["question"],
+                        reference=row["reference"] or "(none given)", answer=result["answer"])
+            record["picture"] = str(picture)
+        written.append(record)
+    with output.open("w") as handle:
+        handle.writelines(json.dumps(record) + "\n" for record in written)
+    return written
+
+
+@hydra.main(config_path="conf", config_name="predict", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point: prints each answer, writes predictions.jsonl."""
+    written = predict(cfg)
+    for record in written:
+        print(f"{record['input']}\n  Q: {record['question']!r}\n  A: {record['answer']}")
+        for sample in record.get("samples", []):
+            print(f"     sample: {sample}")
+        for option, score in record.get("options", {}).items():
+            print(f"     option {option!r}: p={score['prob']:.3f} (log-likelihood {score['logprob']:.2f})")
+    print(f"\npredictions  {cfg.output}")
+
+
+if __name__ == "__main__":
+    main()
