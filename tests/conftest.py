@@ -8,6 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WANDB_MODE", "offline")  # tests never reach a W&B server
@@ -37,17 +42,11 @@ def tiny_llm(tiny_llm_session):
 @pytest.fixture
 def compose():
     """Compose conf/train.yaml with overrides, as train.py would (Hydra's run dir set to tmp)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
 
     def _compose(overrides: list[str], output_dir: Path | None = None):
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
             cfg = hydra_compose("train", overrides=overrides, return_hydra_config=True)
-        from hydra.core.hydra_config import HydraConfig
-        from omegaconf import open_dict
-
         with open_dict(cfg):
             if output_dir is not None:
                 cfg.hydra.runtime.output_dir = str(output_dir)
@@ -63,3 +62,18 @@ def compose():
 def _deterministic_threads():
     torch.manual_seed(0)
     yield
+
+
+def compose_app(config_name: str, overrides: list[str], output_dir: Path, resolve: bool) -> DictConfig:
+    """A conf/<config_name>.yaml as its script sees it, with Hydra's output folder set."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = hydra_compose(config_name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        HydraConfig.instance().set_config(cfg)
+        del cfg["hydra"]
+    if resolve:
+        OmegaConf.resolve(cfg)
+    GlobalHydra.instance().clear()
+    return cfg

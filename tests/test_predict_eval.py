@@ -14,11 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose as hydra_compose
-from hydra import initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
 from pydicom.data import get_testdata_file
 
@@ -28,28 +23,13 @@ from mmmed.collate import MultimodalCollator
 from mmmed.inference import load
 from mmmed_datasets.ecg_demo import ensure_demo_ptbxl
 from mmmed_datasets.xray_demo import ensure_demo_mimic_cxr
-from tests.conftest import REPO
+from tests.conftest import compose_app
 from train import train
 
 pytestmark = pytest.mark.slow
 ECG_PICTURE_PX = (1102, 866)  # 280 x 220 mm at 100 dpi (mmmed/plots.py)
 XRAY_PICTURE_PX = (600, 780)  # 6.0 x 7.8 in at 100 dpi
 FAST = ["logger=csv", "trainer.log_every_n_steps=1", "scheduler.warmup_steps=4", "trainer.limit_test_batches=1"]
-
-
-def compose_app(config_name: str, overrides: list[str], output_dir: Path, resolve: bool) -> DictConfig:
-    """A conf/<config_name>.yaml as its script sees it, with Hydra's output folder set."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = hydra_compose(config_name, overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        HydraConfig.instance().set_config(cfg)
-        del cfg["hydra"]
-    if resolve:
-        OmegaConf.resolve(cfg)
-    GlobalHydra.instance().clear()
-    return cfg
 
 
 @pytest.fixture(scope="module")
