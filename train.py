@@ -9,6 +9,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
@@ -65,14 +66,17 @@ def train(cfg: DictConfig) -> dict:
         run.module.init_from_checkpoint(cfg.init_from)
     started = time.perf_counter()
     # weights_only: a checkpoint is data; unpickling one must never be able to run code.
-    trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
-    if trainer.checkpoint_callback is not None:
+    trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=cluster.resume_from(cfg.get("ckpt_path"), out_dir),
+                weights_only=True)
+    # The ModelCheckpoint callback, if any (on SLURM the requeue callback is a Checkpoint callback too).
+    saver = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
+    if saver is not None:
         # ModelCheckpoint saves at validations; a run stopping between two must not lose its last steps.
-        trainer.save_checkpoint(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt")
+        trainer.save_checkpoint(Path(saver.dirpath) / "last.ckpt")
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     metrics["train_seconds"] = round(time.perf_counter() - started, 1)
 
-    best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
+    best = saver.best_model_path if saver is not None else ""
     weights_from = "end of fit"  # val/* above describe the last validation of these weights
     if cfg.get("test_after_fit"):
         trainer.test(run.module, datamodule=run.datamodule, ckpt_path=best or None, weights_only=True)

@@ -33,6 +33,7 @@ from typing import Any
 
 import lightning as L
 from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.trainer.connectors.checkpoint_connector import _CheckpointConnector
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -147,18 +148,24 @@ def requeue() -> None:
         log.info("Requeued SLURM job %s", job_id())
 
 
-class RequeueOnSignal(L.Callback):
+class RequeueOnSignal(Checkpoint):
     """On SLURM's warning signal: finish the step, save ``hpc_ckpt_<n>.ckpt``, requeue the job, exit.
 
+    A :class:`Checkpoint` so that Lightning runs it after ModelCheckpoint: when the step ends with a
+    validation, the saved state includes that validation's best-model bookkeeping.
+
     The handlers are installed when the callback is made (before the model is even built), so a signal
-    that comes early is kept, not fatal. A handler that was there before (submitit's) is called after the
-    checkpoint is written: submitit then requeues the job its own way (counting timeouts) and exits.
+    that comes early is kept, not fatal, and they stay: one that comes after training (while testing) is
+    only logged. A handler that was there before (submitit's) is called after the checkpoint is written:
+    submitit then requeues the job its own way (counting timeouts) and exits.
     Under data parallelism every rank learns at each step end whether any rank was signalled, so all of
     them save the same step.
     """
 
     def __init__(self, signals: tuple[signal.Signals, ...] = REQUEUE_SIGNALS) -> None:
         self.received: signal.Signals | None = None
+        self._step = 0
+        self._after_validation = False
         self._previous: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():  # Python handles signals there only
             for signum in signals:
@@ -169,11 +176,29 @@ class RequeueOnSignal(L.Callback):
         log.warning("Received %s: checkpointing at the end of this step, then requeueing", signal.Signals(signum).name)
         self.received = signal.Signals(signum)
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._step = trainer.global_step
+
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        # Only after an optimizer step: gradients accumulated over part of a step are not in a checkpoint.
+        stepped, self._step = trainer.global_step != self._step, trainer.global_step
+        if not stepped:
+            return
         signalled = self.received is not None
         if trainer.world_size > 1:
             signalled = trainer.strategy.reduce_boolean_decision(signalled, all=False)
-        if signalled:
+        if not signalled:
+            return
+        epoch_loop = trainer.fit_loop.epoch_loop
+        if epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher):
+            # This step validates next: save after it (and after ModelCheckpoint), since a restart from a
+            # checkpoint of this step's end takes the validation as done.
+            self._after_validation = True
+            return
+        self.checkpoint_and_requeue(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._after_validation and not trainer.sanity_checking:
             self.checkpoint_and_requeue(trainer)
 
     def checkpoint_and_requeue(self, trainer: L.Trainer) -> None:
@@ -194,16 +219,6 @@ class RequeueOnSignal(L.Callback):
                 requeue()
         trainer.strategy.barrier("mmmed.cluster.requeue")  # no rank leaves before the job is requeued
         raise SystemExit(code)
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit":  # testing after fit needs no requeue: a signal then ends the job normally
-            self.restore_handlers()
-
-    def restore_handlers(self) -> None:
-        """Give the signals back to whoever had them before."""
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-        self._previous = {}
 
 
 def close_loggers(trainer: L.Trainer) -> None:
@@ -242,6 +257,14 @@ def resume_wandb_run(cfg: DictConfig, out_dir: Path) -> None:
         with open_dict(entry):
             entry.id = run_wandb_id(out_dir)
             entry.resume = entry.get("resume") or "allow"
+
+
+def resume_from(ckpt_path: str | None, out_dir: Path) -> str | None:
+    """What ``trainer.fit`` resumes from: in a requeued SLURM job, the newest ``hpc_ckpt_<n>.ckpt`` of its run
+    directory (``"hpc"``), even when ``ckpt_path`` was set: that one started the job's first attempt."""
+    if in_slurm_job() and any(Path(out_dir).glob("hpc_ckpt_*.ckpt")):
+        return "hpc"
+    return ckpt_path
 
 
 def prepare(cfg: DictConfig, out_dir: Path) -> dict[str, list]:

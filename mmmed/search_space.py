@@ -43,12 +43,12 @@ def _optuna_param(name: str, spec: dict) -> str | int | float | bool:
 
 
 def optuna_params(name: str) -> dict[str, str | int | float | bool]:
-    """``hydra.sweeper.params`` for conf/sweep/<name>.yaml. ``logger.*`` settings are left out: they say
-    where W&B runs report, and an Optuna search runs offline."""
+    """``hydra.sweeper.params`` for conf/sweep/<name>.yaml. ``logger.*`` and ``hydra.*`` settings are left
+    out: they say where a W&B agent's runs report and write; an Optuna search runs offline, in its sweep dir."""
     sweep = load_sweep(name)
     metric = sweep.get("metric", {})
     if (metric.get("name"), metric.get("goal")) != ("val/accuracy", "maximize"):
         raise ValueError(f"conf/sweep/{name}.yaml: the Optuna sweeper maximises what train.py returns, "
                          f"val/accuracy; the sweep's metric is {metric}")
     return {key: _optuna_param(key, spec) for key, spec in sweep["parameters"].items()
-            if not key.startswith("logger.")}
+            if not key.startswith(("logger.", "hydra."))}

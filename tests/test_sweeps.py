@@ -62,6 +62,7 @@ def test_sweep_file_validates_against_wandbs_schema(path):
     assert config["program"] == "train.py" and config["command"] == COMMAND
     assert config["metric"] == {"name": "val/accuracy", "goal": "maximize"}  # what train.py's main returns
     assert config["parameters"]["logger.wandb.offline"] == {"value": False}  # runs report to the sweep
+    assert config["parameters"]["hydra.run.dir"] == {"value": "outputs/sweeps/${oc.env:WANDB_RUN_ID}"}
 
 
 def test_schema_check_rejects_a_broken_sweep():
@@ -79,6 +80,8 @@ def test_agent_arguments_are_hydra_overrides_that_train_py_composes(compose, pat
     assert args == [f"{k}={v}" for k, v in values.items()]  # key=value: Hydra's override syntax
     cfg = compose(args, tmp_path)
     for key, value in values.items():
+        if key == "hydra.run.dir":  # Hydra's own setting: checked in the agent test below
+            continue
         if key == "adapter":  # a config group: its file's class is selected
             assert cfg.adapter._target_ == OmegaConf.load(REPO / "conf" / "adapter" / f"{value}.yaml")._target_
         else:
@@ -91,26 +94,30 @@ def test_wandb_agent_runs_a_sampled_configuration_offline(path, demo_root, tmp_p
     """W&B's own agent code expands the sweep's command and starts the run: a tiny train.py, offline."""
     config = yaml.safe_load(path.read_text())
     values = sampled(path)
-    run_dir = tmp_path / "run"
-    args = {**values, **tiny(demo_root), "hydra.run.dir": str(run_dir)}
-    monkeypatch.chdir(REPO)  # the agent runs `program` from where it was started
+    args = {**values, **tiny(demo_root)}
+    monkeypatch.chdir(tmp_path)  # the agent runs where it was started: outputs/ goes here
+    monkeypatch.setenv("PWD", str(tmp_path))
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")  # `python`: this venv's
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_RUN_ID", "")  # the agent sets it; restored after the test
     agent = Agent(api=None, queue=None, sweep_id="offline")
     agent._sweep_command = config["command"]
-    agent._command_run({"run_id": "sweeprun1", "program": config["program"],
+    assert config["program"] == "train.py"  # started from the repo; here from tmp_path, so by its full path
+    agent._command_run({"run_id": "sweeprun1", "program": str(REPO / "train.py"),
                         "args": {k: {"value": v} for k, v in args.items()}})
     process = agent._run_processes["sweeprun1"]
     assert process.wait() == 0
 
+    run_dir = tmp_path / "outputs" / "sweeps" / "sweeprun1"  # hydra.run.dir from the agent's run id
+
     composed = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     for key, value in values.items():
-        if key != "adapter":
+        if key not in ("adapter", "hydra.run.dir"):
             assert OmegaConf.select(composed, key) == value
     overrides = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
-    assert [o for o in overrides if o.split("=")[0] in values] == [f"{k}={v}" for k, v in values.items()]
+    task = {k: v for k, v in values.items() if not k.startswith("hydra.")}  # hydra.* are Hydra's own overrides
+    assert [o for o in overrides if o.split("=")[0] in task] == [f"{k}={v}" for k, v in task.items()]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert math.isfinite(metrics["val/loss"]) and 0.0 <= metrics["val/accuracy"] <= 1.0
     runs = list((run_dir / "wandb").glob("offline-run-*"))

@@ -3,6 +3,7 @@ with checkpoint + requeue + exact resume, and a two-task srun DDP world. Tiny ru
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -201,6 +202,14 @@ def test_preempted_sbatch_ddp_job_requeues_itself_and_resumes_exactly(slurm, clu
     assert f"Saved {hpc} at step {saved_step}" in output
     assert f"Restoring states from the checkpoint path at {hpc}" in output
     assert "start 2, run dir" in output  # the script's line after the requeue: same job id, same run dir
+
+    # Each start logs its own CSV version: the steps before the checkpoint, then the rest. The last step
+    # before it lacks its train/loss row: Lightning logs a step's training metrics after its callbacks.
+    steps = []
+    for version in ("version_0", "version_1"):
+        with open(run / "csv" / version / "metrics.csv") as handle:
+            steps.append([int(r["step"]) for r in csv.DictReader(handle) if r.get("train/loss")])
+    assert steps == [list(range(saved_step - 1)), list(range(saved_step, DDP_STEPS))], steps
 
     whole = torch.load(ddp_uninterrupted[0] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     resumed = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
