@@ -145,6 +145,13 @@ class MultimodalLM(nn.Module):
         signals: dict[str, torch.Tensor],
     ) -> tuple[torch.Tensor, int]:
         """Mean cross-entropy over answer tokens; returns ``(loss, number of answer tokens)``."""
+        logits, targets = self._answer_logits(input_ids, attention_mask, position_ids, labels, signals)
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+        return loss, int((targets != IGNORE_INDEX).sum())
+
+    def _answer_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                       labels: torch.Tensor, signals: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float logits at the positions where some sample has an answer target, and those targets. (B, K, V), (B, K)"""
         embeds = self.embed(input_ids, signals)
         targets = labels[:, 1:]  # (B, L-1): the token each position predicts
         # The LM head runs only where some sample has a target: a big saving with a 49k vocabulary.
@@ -156,10 +163,7 @@ class MultimodalLM(nn.Module):
             logits_to_keep=keep,
             use_cache=False,
         )
-        logits = out.logits.float()  # (B, K, V)
-        kept_targets = targets[:, keep]  # (B, K)
-        loss = F.cross_entropy(logits.flatten(0, 1), kept_targets.flatten(), ignore_index=IGNORE_INDEX)
-        return loss, int((kept_targets != IGNORE_INDEX).sum())
+        return out.logits.float(), targets[:, keep]
 
     @torch.no_grad()
     def answer_logprobs(
@@ -175,15 +179,9 @@ class MultimodalLM(nn.Module):
         The same positions the loss covers (the answer and its end-of-turn token), summed per sample:
         how likely the model finds that exact answer. Used to score answer options.
         """
-        embeds = self.embed(input_ids, signals)
-        targets = labels[:, 1:]  # (B, L-1)
-        keep = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(1)  # (K,)
-        out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                       logits_to_keep=keep, use_cache=False)
-        logprobs = out.logits.float().log_softmax(-1)  # (B, K, V)
-        kept = targets[:, keep]  # (B, K)
-        picked = logprobs.gather(-1, kept.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, K)
-        return picked.masked_fill(kept == IGNORE_INDEX, 0.0).sum(-1)
+        logits, targets = self._answer_logits(input_ids, attention_mask, position_ids, labels, signals)  # (B, K, V)
+        picked = logits.log_softmax(-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, K)
+        return picked.masked_fill(targets == IGNORE_INDEX, 0.0).sum(-1)
 
     @torch.no_grad()
     def generate(
