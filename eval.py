@@ -24,7 +24,6 @@ from mmmed.evaluation import json_safe, scalar_metrics
 from mmmed.inference import MultimodalPredictor, load
 from mmmed.metrics import CROP_SEPARATOR
 from mmmed.plots import plot_sample
-from mmmed.restore import find_checkpoint
 
 log = logging.getLogger("mmmed.eval")
 SPLITS = ("train", "val", "test")
@@ -39,7 +38,7 @@ def data_config(cfg: DictConfig, predictor: MultimodalPredictor) -> DictConfig:
                                             **model["ecg_preprocessing"]}
         cfg.encoder = {"modality": model["modality"], "net": model["encoder"]["kwargs"]}  # e.g. ${encoder.net.img_size}
         if cfg.get("data") is None:
-            run_config = _run_config(cfg.ckpt)
+            run_config = predictor.run_config
             if run_config is None:
                 raise ValueError(f"{cfg.ckpt} is an exported model, which does not record its data: pass data=<name> "
                                  f"(a conf/data file) and its settings, e.g. data.root=...")
@@ -48,13 +47,6 @@ def data_config(cfg: DictConfig, predictor: MultimodalPredictor) -> DictConfig:
             for key in ("size", "apply_voi"):  # the image preparation the encoder was trained on
                 cfg.data.dataset.images[key] = model["xray_images"][key]
     return cfg.data
-
-
-def _run_config(ckpt: str) -> dict | None:
-    """The training run's resolved config, for checkpoints and run folders; None for exported folders."""
-    if (Path(ckpt) / "mmmed_config.json").is_file():
-        return None
-    return torch.load(find_checkpoint(ckpt), map_location="cpu", weights_only=True)["mmmed_config"]
 
 
 def evaluate(cfg: DictConfig, predictor: MultimodalPredictor | None = None) -> dict:

@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 
 from mmmed.adapters import num_output_tokens
 from mmmed.collate import pad_sequences, stack_signals
-from mmmed.generation import GenerationSettings, generate_answers, score_options
+from mmmed.generation import GenerationSettings, Signal, generate_answers, score_options
 from mmmed.label_scores import softmax
 from mmmed.llm import load_causal_lm, load_tokenizer
 from mmmed.metrics import CROP_SEPARATOR, AnswerClassifier, aggregate_crops
@@ -41,8 +41,6 @@ log = logging.getLogger(__name__)
 CONFIG_NAME = "mmmed_config.json"
 ALLOWED_PREFIXES = ("mmmed.", "mmmed_encoders.")
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}
-
-Signal = torch.Tensor | dict[str, torch.Tensor]  # one encoder input: a tensor, or keyword tensors (ECG + lead mask)
 
 
 def resolve_allowed(path: str) -> Callable[..., Any]:
@@ -111,10 +109,13 @@ class MultimodalPredictor:
         formatter: its chat formatter.
         config: the inference settings (``mmmed_config.json``): preprocessing, answer classes, label set.
         device: where the model runs.
+        run_config: the training run's resolved config when loaded from a checkpoint (None when exported).
     """
 
-    def __init__(self, model: MultimodalLM, formatter: ChatFormatter, config: dict, device: str | torch.device = "cpu") -> None:
+    def __init__(self, model: MultimodalLM, formatter: ChatFormatter, config: dict, device: str | torch.device = "cpu",
+                 run_config: dict | None = None) -> None:
         self.model = model.eval()
+        self.run_config = run_config
         self.formatter = formatter
         self.tokenizer = formatter.tokenizer
         self.config = config
@@ -197,9 +198,12 @@ class MultimodalPredictor:
             chunk = jobs[start : start + batch_size]
             generated += self.generate([q for _, q, _ in chunk], [{self.config["modality"]: [x]} for _, _, x in chunk],
                                        settings)
+        by_row: dict[int, list[int]] = {}  # each file's jobs, in order
+        for k, (row, _, _) in enumerate(jobs):
+            by_row.setdefault(row, []).append(k)
         results = []
         for row, (question, path) in enumerate(zip(questions, paths)):
-            mine = [k for k, job in enumerate(jobs) if job[0] == row]
+            mine = by_row[row]
             windows = [{"id": f"{path}{CROP_SEPARATOR}{n}", "answer": generated[k][0],
                         "predicted_label": self.classifier(generated[k][0])} for n, k in enumerate(mine)]
             result: dict[str, Any] = {"answer": windows[0]["answer"] if len(windows) == 1
@@ -249,7 +253,8 @@ def load(path: str | Path, device: str | torch.device = "cpu", llm_cache_dir: st
     from mmmed.restore import find_checkpoint, restore_checkpoint  # restore imports this module
 
     restored = restore_checkpoint(find_checkpoint(path))
-    return MultimodalPredictor(restored.model.to(device).eval(), restored.formatter, restored.config, device)
+    return MultimodalPredictor(restored.model.to(device).eval(), restored.formatter, restored.config, device,
+                               restored.run_config)
 
 
 def load_exported(directory: str | Path, llm_cache_dir: str | Path | None = None, trust_remote_code: bool = False,
