@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import copy
 import os
-from pathlib import Path
 
-import pytest
-import torch
+# One OpenMP thread for the tests and every process they start (set before torch is imported, and
+# inherited by subprocesses): on a 2-core machine that is busy with something else, 2 threads per
+# process can make each matmul ~20x slower than 1 (FACTS.md), which turned a 13 min suite into a
+# 40 min one. Results never depend on it; tests that compare runs then also use the same count.
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra

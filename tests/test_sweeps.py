@@ -145,6 +145,7 @@ def test_optuna_sweeper_searches_the_same_space_offline(demo_root, tmp_path):
         [sys.executable, "train.py", "-m", "hydra/sweeper=optuna_sweep", "+search=learning_rates",
          "hydra.sweeper.n_trials=2", "logger=csv", *overrides, f"hydra.sweep.dir={sweep_dir}"],
         cwd=REPO, env={**os.environ, "WANDB_MODE": "offline"}, capture_output=True, text=True, timeout=600,
+        start_new_session=True,  # no signal meant for the sweep reaches pytest
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     trials = [OmegaConf.load(sweep_dir / str(i) / ".hydra" / "config.yaml") for i in range(2)]

@@ -66,7 +66,7 @@ def uninterrupted(slurm: Cluster, cluster_demo_root: Path, tmp_path_factory) -> 
     """The reference: the same job as the preempted one, run to its end without interruption."""
     sweep = tmp_path_factory.mktemp("uninterrupted")
     proc = subprocess.Popen(launcher_command(cluster_demo_root, sweep, "debug", 0.0), cwd=REPO, env=job_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     finished(proc, "python train.py -m hydra/launcher=slurm")
     return sweep
 
@@ -88,7 +88,7 @@ def test_launcher_submits_a_training_job_that_completes(slurm, uninterrupted):
 def test_preempted_job_checkpoints_requeues_and_resumes_exactly(slurm, cluster_demo_root, uninterrupted, tmp_path):
     sweep = tmp_path / "preempted"
     proc = subprocess.Popen(launcher_command(cluster_demo_root, sweep, "low", 1.0), cwd=REPO, env=job_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     run = sweep / "0"
     progress = run / "progress"
     deadline = time.monotonic() + 300
