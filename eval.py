@@ -24,6 +24,7 @@ from mmmed.evaluation import json_safe, scalar_metrics
 from mmmed.inference import MultimodalPredictor, load
 from mmmed.metrics import CROP_SEPARATOR
 from mmmed.plots import plot_sample
+from mmmed.preflight import check_eval_config
 
 log = logging.getLogger("mmmed.eval")
 SPLITS = ("train", "val", "test")
@@ -44,13 +45,18 @@ def data_config(cfg: DictConfig, predictor: MultimodalPredictor) -> DictConfig:
                                  f"(a conf/data file) and its settings, e.g. data.root=...")
             cfg.data = run_config["data"]
         if model.get("xray_images") and cfg.data.dataset.get("images") is not None:
-            for key in ("size", "apply_voi"):  # the image preparation the encoder was trained on
-                cfg.data.dataset.images[key] = model["xray_images"][key]
+            from mmmed_datasets.xray_image import decode_settings
+
+            # The image preparation the encoder was trained on (older checkpoints: no no_window knob).
+            saved = model["xray_images"]
+            for key, value in {"size": saved["size"], **decode_settings(saved)}.items():
+                cfg.data.dataset.images[key] = value
     return cfg.data
 
 
 def evaluate(cfg: DictConfig, predictor: MultimodalPredictor | None = None) -> dict:
     """Score ``cfg.split``; writes eval.json, generations.jsonl and pictures into the output folder."""
+    check_eval_config(cfg)  # bad settings fail before the model loads
     if cfg.split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, not {cfg.split!r}")
     out_dir = Path(cfg.paths.output_dir)

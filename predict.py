@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from mmmed.generation import GenerationSettings
 from mmmed.inference import MultimodalPredictor, load
 from mmmed.plots import plot_sample
+from mmmed.preflight import check_predict_config
 
 log = logging.getLogger("mmmed.predict")
 
@@ -46,6 +47,7 @@ def read_manifest(path: Path) -> list[dict]:
 
 def predict(cfg: DictConfig, predictor: MultimodalPredictor | None = None) -> list[dict]:
     """Answer the configured input or manifest; writes the JSONL and pictures, returns the rows written."""
+    check_predict_config(cfg)  # bad settings fail before the model loads
     if (cfg.input is None) == (cfg.manifest is None):
         raise ValueError("give exactly one of input=<file> or manifest=<csv>")
     predictor = predictor or load(cfg.ckpt, cfg.device, cfg.llm_cache_dir, cfg.trust_remote_code)

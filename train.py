@@ -16,7 +16,9 @@ from safetensors.torch import save_file
 
 from mmmed import cluster
 from mmmed.build import build_run, parameter_counts
+from mmmed.checkpoint_io import verified_resume
 from mmmed.evaluation import json_safe
+from mmmed.preflight import check_train_config
 
 log = logging.getLogger("mmmed.train")
 cluster.register_resolvers()  # conf/hydra/launcher/slurm.yaml sizes jobs with them
@@ -45,17 +47,22 @@ def untied(state: dict) -> tuple[dict, dict[str, str]]:
 
 def train(cfg: DictConfig) -> dict:
     """Fit, test the best weights, and write metrics.json and trainable.safetensors; returns the metrics."""
+    check_train_config(cfg)  # bad settings fail here, in milliseconds, before the LLM or data load
     out_dir = Path(cfg.paths.output_dir)
     if cfg.get("init_from") and cfg.get("ckpt_path"):  # before anything is built or a logger opens a run
         raise ValueError("init_from starts a new stage from trained weights, ckpt_path resumes a run: choose one")
     L.seed_everything(cfg.seed, workers=True)
     on_cluster = cluster.prepare(cfg, out_dir)  # SLURM requeue + environment; the W&B run id kept in out_dir
+    # Checked before minutes of loading: a truncated or altered checkpoint stops here or, with
+    # resume_corrupt=previous, gives way to the newest valid one beside it.
+    resume = verified_resume(cluster.resume_from(cfg.get("ckpt_path"), out_dir), cfg.resume_corrupt)
     run = build_run(cfg)
     callbacks = _instantiate_group(cfg.get("callbacks")) + on_cluster["callbacks"]
     loggers = _instantiate_group(cfg.get("logger"))
     log.info("Trainer: %s", cfg.trainer._target_)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                     **({"plugins": on_cluster["plugins"]} if on_cluster["plugins"] else {}))
+    # The config's plugins (the atomic, checksummed checkpoint writer) and, on SLURM, its environment.
+    plugins = [instantiate(plugin) for plugin in cfg.trainer.get("plugins") or []] + on_cluster["plugins"]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
 
     counts = parameter_counts(run.module.model)
     log.info("Parameters: %s", ", ".join(f"{k.split('/')[1]}={v:,}" for k, v in counts.items()))
@@ -66,8 +73,7 @@ def train(cfg: DictConfig) -> dict:
         run.module.init_from_checkpoint(cfg.init_from)
     started = time.perf_counter()
     # weights_only: a checkpoint is data; unpickling one must never be able to run code.
-    trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=cluster.resume_from(cfg.get("ckpt_path"), out_dir),
-                weights_only=True)
+    trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=resume, weights_only=True)
     # The ModelCheckpoint callback, if any (on SLURM the requeue callback is a Checkpoint callback too).
     saver = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
     if saver is not None:

@@ -10,8 +10,9 @@ DataLoader workers share it). A cache folder is named by
 
 so changing a setting or a file builds a new one instead of serving a stale one. Records that fail
 are stored as their error (the problem, without the path), and the dataset applies its skip policy to them. A folder is
-written under a temporary name and renamed into place, so an interrupted build leaves nothing a
-later run would read.
+written under a temporary name and renamed into place under a lock (``mmmed.atomic_files``), so an
+interrupted build leaves nothing a later run would read, and processes building the same folder at
+once (DDP ranks) prepare it once.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -29,12 +28,13 @@ from pathlib import Path
 import numpy as np
 import wfdb
 
+from mmmed.atomic_files import build_folder_once
 from mmmed_datasets.ecg_preprocess import ECGPreprocessing, PreparedECG
-from mmmed_datasets.ecg_signal import ECGRecordError
+from mmmed_datasets.ecg_signal import ECGRecordError, TooFewLeadsError
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: stored channel names per record (channels.json), for the leads-seen counts
 POOL_MIN_RECORDS = 2000  # below this, spawning workers (each re-imports torch, seconds) costs more than it saves
 
 
@@ -78,13 +78,16 @@ class PreparedSignals:
     """Prepared records of one split, by index: ``get(i) -> PreparedECG``; ``errors[i]`` for failed ones."""
 
     def __init__(self, data: np.ndarray, offsets: np.ndarray, lead_masks: np.ndarray, nan_samples: np.ndarray,
-                 errors: dict[int, str], num_leads: int) -> None:
+                 errors: dict[int, str], num_leads: int, channels: list[tuple[str, ...] | None],
+                 too_few_leads: set[int]) -> None:
         self.data = data  # flat float32: record i is data[offsets[i]:offsets[i+1]] as (L, T_i)
         self.offsets = offsets  # (N + 1,) int64
         self.lead_masks = lead_masks  # (N, L) bool
         self.nan_samples = nan_samples  # (N,) int64
         self.errors = errors
         self.num_leads = num_leads
+        self.channels = channels  # (N,): stored channel names, None where the record could not be read
+        self.too_few_leads = too_few_leads  # failed records that had fewer leads than min_real_leads
 
     def __len__(self) -> int:
         return len(self.nan_samples)
@@ -93,15 +96,19 @@ class PreparedSignals:
         if index in self.errors:
             raise RuntimeError(f"record {index} failed to prepare: {self.errors[index]}")
         flat = self.data[self.offsets[index] : self.offsets[index + 1]]
-        return PreparedECG(np.asarray(flat).reshape(self.num_leads, -1), self.lead_masks[index], int(self.nan_samples[index]))
+        return PreparedECG(np.asarray(flat).reshape(self.num_leads, -1), self.lead_masks[index],
+                           int(self.nan_samples[index]), self.channels[index])
 
 
-def _prepare_one(job: tuple[ECGPreprocessing, str]) -> PreparedECG | str:
+def _prepare_one(job: tuple[ECGPreprocessing, str]) -> PreparedECG | tuple[str, list[str] | None]:
+    """A prepared record, or its problem and (for too few leads) its stored channel names."""
     preprocessing, path = job
     try:
         return preprocessing.prepare(path)
+    except TooFewLeadsError as err:  # a tuple, not the exception: it crosses process boundaries
+        return err.problem, err.channels
     except ECGRecordError as err:
-        return err.problem
+        return err.problem, None
 
 
 class ECGSignalCache:
@@ -124,8 +131,7 @@ class ECGSignalCache:
     def build(self, preprocessing: ECGPreprocessing, paths: list[str]) -> PreparedSignals:
         """Open the cached signals of ``paths``, preparing and storing them first if needed."""
         folder = self.folder(preprocessing, paths)
-        if not (folder / "index.npz").is_file():
-            self._write(folder, preprocessing, paths)
+        self._write(folder, preprocessing, paths)  # returns at once when the folder is complete
         return self._open(folder, preprocessing)
 
     def _jobs(self, preprocessing: ECGPreprocessing, paths: list[str]):
@@ -138,41 +144,51 @@ class ECGSignalCache:
             yield from pool.map(_prepare_one, jobs, chunksize=32)
 
     def _write(self, folder: Path, preprocessing: ECGPreprocessing, paths: list[str]) -> None:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        log.info("Preparing %d ECG records into %s", len(paths), folder)
-        tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
-        try:
-            num_leads = len(preprocessing.leads)
-            offsets, masks, nans, errors = [0], [], [], {}
-            with open(tmp / "signals.f32", "wb") as out:
-                for index, result in enumerate(self._jobs(preprocessing, paths)):
-                    if isinstance(result, str):
-                        errors[index] = result
-                        masks.append(np.zeros(num_leads, dtype=bool))
-                        nans.append(0)
-                        offsets.append(offsets[-1])
-                        continue
-                    out.write(np.ascontiguousarray(result.signal, dtype=np.float32).tobytes())
-                    offsets.append(offsets[-1] + result.signal.size)
-                    masks.append(result.lead_mask)
-                    nans.append(result.nan_samples)
-            np.savez(
-                tmp / "index.npz",
-                offsets=np.asarray(offsets, dtype=np.int64),
-                lead_masks=np.asarray(masks, dtype=bool).reshape(len(paths), num_leads),
-                nan_samples=np.asarray(nans, dtype=np.int64),
-            )
-            (tmp / "errors.json").write_text(json.dumps({str(k): v for k, v in errors.items()}))
-            (tmp / "settings.json").write_text(json.dumps(preprocessing.prepare_settings(), indent=1))
-            try:
-                os.replace(tmp, folder)
-            except OSError:  # another process (a DDP rank) finished the same entry first
-                if not (folder / "index.npz").is_file():
-                    raise
-                shutil.rmtree(tmp, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        """Prepare ``paths`` into ``folder`` once, even when several processes (DDP ranks) ask at once."""
+        def build(tmp: Path) -> None:
+            log.info("Preparing %d ECG records into %s", len(paths), folder)
+            self._fill(tmp, preprocessing, paths)
+
+        build_folder_once(folder, build, is_complete=lambda entry: (entry / "index.npz").is_file())
+
+    def _fill(self, tmp: Path, preprocessing: ECGPreprocessing, paths: list[str]) -> None:
+        """Prepare every record into the (temporary, not yet visible) folder ``tmp``."""
+        num_leads = len(preprocessing.leads)
+        offsets, masks, nans, errors = [0], [], [], {}
+        channels: list[tuple[str, ...] | None] = []
+        too_few: list[int] = []
+        with open(tmp / "signals.f32", "wb") as out:
+            for index, result in enumerate(self._jobs(preprocessing, paths)):
+                if isinstance(result, tuple):
+                    errors[index], names = result
+                    channels.append(None if names is None else tuple(names))
+                    if names is not None:
+                        too_few.append(index)
+                    masks.append(np.zeros(num_leads, dtype=bool))
+                    nans.append(0)
+                    offsets.append(offsets[-1])
+                    continue
+                out.write(np.ascontiguousarray(result.signal, dtype=np.float32).tobytes())
+                offsets.append(offsets[-1] + result.signal.size)
+                masks.append(result.lead_mask)
+                nans.append(result.nan_samples)
+                channels.append(tuple(result.channels))
+        np.savez(
+            tmp / "index.npz",
+            offsets=np.asarray(offsets, dtype=np.int64),
+            lead_masks=np.asarray(masks, dtype=bool).reshape(len(paths), num_leads),
+            nan_samples=np.asarray(nans, dtype=np.int64),
+        )
+        (tmp / "errors.json").write_text(json.dumps({str(k): v for k, v in errors.items()}))
+        # Channel lists repeat across a data set: store each distinct list once, and an index per record.
+        distinct = list(dict.fromkeys(names for names in channels if names is not None))
+        position = {names: i for i, names in enumerate(distinct)}
+        (tmp / "channels.json").write_text(json.dumps({
+            "lists": [list(names) for names in distinct],
+            "record_list": [-1 if names is None else position[names] for names in channels],  # -1: unreadable
+            "too_few_leads": too_few,
+        }))
+        (tmp / "settings.json").write_text(json.dumps(preprocessing.prepare_settings(), indent=1))
 
     def _open(self, folder: Path, preprocessing: ECGPreprocessing) -> PreparedSignals:
         index = np.load(folder / "index.npz")
@@ -184,4 +200,8 @@ class ECGSignalCache:
             else np.zeros(0, dtype=np.float32)  # np.memmap refuses an empty file
         )
         errors = {int(k): v for k, v in json.loads((folder / "errors.json").read_text()).items()}
-        return PreparedSignals(data, offsets, index["lead_masks"], index["nan_samples"], errors, len(preprocessing.leads))
+        stored = json.loads((folder / "channels.json").read_text())
+        lists = [tuple(names) for names in stored["lists"]]
+        channels = [None if k < 0 else lists[k] for k in stored["record_list"]]
+        return PreparedSignals(data, offsets, index["lead_masks"], index["nan_samples"], errors,
+                               len(preprocessing.leads), channels, set(stored["too_few_leads"]))

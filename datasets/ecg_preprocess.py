@@ -2,7 +2,8 @@
 
 Order, per record:
   1. read (WFDB any format or multi-segment, or a DICOM waveform) -> physical mV at the stored rate
-  2. select leads by name into ``leads`` order (missing leads: error, or zeros and a lead mask)
+  2. select leads by name (through ``lead_aliases``) into ``leads`` order; fewer than
+     ``min_real_leads`` found is an error; other missing leads: error, or zeros and a lead mask
   3. NaN samples: interpolate, zero or reject (counted)
   4. resample to ``sampling_rate`` (polyphase, anti-aliased)
   5. optional zero-phase band-pass and notch filters, at the new rate
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,13 +29,20 @@ from mmmed_datasets.ecg_signal import (
     bandpass,
     map_leads,
     notch,
+    parse_aliases,
     repair_nans,
     resample,
+    resolve_channels,
     window_offsets,
     zscore,
 )
 
-PREPARE_VERSION = 1  # bump when steps 1-6 change what they produce for the same settings
+# bump when steps 1-6 change what they produce for the same settings
+# 2: WFDB leads stored with several samples per frame are read at their own rate, not as frame averages
+PREPARE_VERSION = 2
+
+log = logging.getLogger(__name__)
+_NOTED_CHANNELS: set[str] = set()  # ignored channel names already logged by this process
 
 
 def read_raw_ecg(path: str | Path) -> RawECG:
@@ -55,6 +64,7 @@ class PreparedECG:
     signal: np.ndarray  # (L, T) float32 at the configured rate, T >= one window
     lead_mask: np.ndarray  # (L,) bool: False where a lead was missing and filled with zeros
     nan_samples: int  # NaN samples found (and repaired) in the stored signal
+    channels: tuple[str, ...]  # the record's stored channel names (voltage channels), for the leads-seen count
 
 
 class ECGPreprocessing:
@@ -62,6 +72,12 @@ class ECGPreprocessing:
 
     Args:
         leads: lead names in the order the encoder sees them (matched case-insensitively).
+        lead_aliases: stored channel name -> the lead it holds (``MLII: II``), matched
+            case-insensitively; a leading ``-`` on the lead (``"-aVR": "-aVR"``, Cabrera's inverted
+            aVR) says the channel holds that lead negated, so it is multiplied by -1. Channels that
+            are no configured lead (Frank leads vx, vy, vz, ...) are ignored and logged once.
+        min_real_leads: a record with fewer of ``leads`` found (after aliases) is an ECGRecordError
+            naming its channels, whatever ``missing_leads`` says (1..len(leads)).
         sampling_rate: the rate (Hz) the encoder sees.
         seconds: window length fed to the encoder.
         missing_leads: ``error``, or ``zero`` (zeros plus ``lead_mask`` False).
@@ -80,6 +96,8 @@ class ECGPreprocessing:
     def __init__(
         self,
         leads: list[str],
+        lead_aliases: dict[str, str] | None,
+        min_real_leads: int,
         sampling_rate: float,
         seconds: float,
         missing_leads: str,
@@ -106,6 +124,15 @@ class ECGPreprocessing:
         self.leads = tuple(str(lead) for lead in leads)
         if len({lead.lower() for lead in self.leads}) != len(self.leads):
             raise ValueError(f"ecg_signal.leads names a lead twice: {list(self.leads)}")
+        self.lead_aliases = {str(k): str(v) for k, v in (lead_aliases or {}).items()}
+        try:
+            parse_aliases(self.lead_aliases)
+        except ValueError as err:
+            raise ValueError(f"ecg_signal.lead_aliases: {err}") from err
+        # 0 would let a record with none of the leads train as all zeros, the failure this guards against.
+        if not 1 <= int(min_real_leads) <= len(self.leads):
+            raise ValueError(f"ecg_signal.min_real_leads must lie in 1..{len(self.leads)}, not {min_real_leads}")
+        self.min_real_leads = int(min_real_leads)
         self.sampling_rate = float(sampling_rate)
         self.num_samples = int(round(seconds * sampling_rate))
         if self.num_samples < 1:
@@ -137,6 +164,8 @@ class ECGPreprocessing:
         return {
             "version": PREPARE_VERSION,
             "leads": list(self.leads),
+            "lead_aliases": dict(sorted(self.lead_aliases.items())),
+            "min_real_leads": self.min_real_leads,
             "sampling_rate": self.sampling_rate,
             "num_samples": self.num_samples,
             "missing_leads": self.missing_leads,
@@ -159,7 +188,9 @@ class ECGPreprocessing:
 
     def prepare_raw(self, raw: RawECG) -> PreparedECG:
         """Steps 2-6 on a signal already read."""
-        signal, present = map_leads(raw.signal, raw.lead_names, raw.source, self.leads, self.missing_leads)  # (L, T)
+        signal, present = map_leads(raw.signal, raw.lead_names, raw.source, self.leads, self.missing_leads,
+                                    self.lead_aliases, self.min_real_leads)  # (L, T)
+        self._note_ignored(raw.lead_names)
         if signal.shape[1] == 0:
             raise ECGRecordError(raw.source, "record holds no samples")
         # A missing lead is zeros already; only stored leads can carry NaNs.
@@ -179,7 +210,17 @@ class ECGPreprocessing:
                 )
             signal = np.pad(signal, ((0, 0), (0, self.num_samples - signal.shape[1])))
         signal = np.where(present[:, None], signal, 0.0).astype(np.float32)  # filters leave missing leads at 0
-        return PreparedECG(np.ascontiguousarray(signal), present, nan_samples)
+        return PreparedECG(np.ascontiguousarray(signal), present, nan_samples, tuple(raw.lead_names))
+
+    def _note_ignored(self, names: list[str]) -> None:
+        """Log, once per name and process, stored channels that are none of the configured leads."""
+        wanted = {lead.lower() for lead in self.leads}
+        for name, (lead, _) in zip(names, resolve_channels(names, self.lead_aliases)):
+            if lead not in wanted and name not in _NOTED_CHANNELS:
+                _NOTED_CHANNELS.add(name)
+                log.info("ECG channel %r is none of the configured leads %s and is ignored (map it with "
+                         "ecg_signal.preprocessing.lead_aliases); the run's leads_seen counts show how often", name,
+                         list(self.leads))
 
     # ---- steps 7-8: per item ----------------------------------------------------------------
     def window_starts(self, length: int, train: bool, rng: np.random.Generator | None) -> list[int]:

@@ -9,7 +9,11 @@ the error policy, and serves items
 
 Error policy (``on_error``): ``raise`` stops at the first bad record or sample with its file and
 reason; ``skip`` drops the sample, logs file and reason, and counts it in ``stats`` (the run writes
-the counts to its metrics). A sample is dropped when any of its records fails.
+the counts to its metrics). A sample is dropped when any of its records fails. With the cache,
+``stats`` also counts the records that failed for having fewer than ``min_real_leads`` leads, and
+``leads_seen``: how many of the split's records that were read (prepared, or failed for too few
+leads) store each channel name (``MLII``, ``vx``), which shows at a glance whether a source needs
+``lead_aliases``.
 
 With ``eval_crop: multi`` an evaluation split serves each record K times (one window each, ids
 ``<id>#crop<k>``); the evaluation votes over a record's windows.
@@ -18,6 +22,7 @@ With ``eval_crop: multi`` an evaluation split serves each record K times (one wi
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +50,12 @@ class ECGSample:
     question: str
     answer: str
     label: str | None
+
+
+def count_leads_seen(channels: list[tuple[str, ...] | None]) -> dict[str, int]:
+    """Stored channel name -> number of records holding it (unreadable records, None, count nowhere)."""
+    counts = Counter(name.strip() for names in channels if names is not None for name in dict.fromkeys(names))
+    return dict(sorted(counts.items()))
 
 
 def check_on_error(on_error: str) -> None:
@@ -123,7 +134,9 @@ class ECGSampleDataset(Dataset):
         missing = sum(int(not self.signals.lead_masks[i].all()) for i in used) if cache is not None else 0
         self.stats = {"samples": len(self.samples), "skipped": len(skipped)}
         if cache is not None:  # known up front only when every record was prepared
-            self.stats.update(records=len(used), nan_samples=nan_samples, records_missing_leads=missing)
+            self.stats.update(records=len(used), nan_samples=nan_samples, records_missing_leads=missing,
+                              records_too_few_leads=len(self.signals.too_few_leads),
+                              leads_seen=count_leads_seen(self.signals.channels))
         log.info("%s: %d samples over %d records, %d skipped", source, len(self.samples), len(used), len(skipped))
         if not self.samples:
             raise ValueError(f"{source}: no usable samples ({len(skipped)} skipped)")

@@ -7,6 +7,7 @@ chains them; nothing here touches files.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -36,23 +37,63 @@ class ECGRecordError(ValueError):
         self.problem = problem
 
 
+class TooFewLeadsError(ECGRecordError):
+    """A record with fewer of the configured leads than ``min_real_leads``; ``channels`` are its stored names."""
+
+    def __init__(self, record: str, problem: str, channels: list[str]) -> None:
+        super().__init__(record, problem)
+        self.channels = list(channels)
+
+
+def parse_aliases(aliases: Mapping[str, str] | None) -> dict[str, tuple[str, float]]:
+    """Check ``lead_aliases`` (stored channel name -> ``[-]lead``) and key it by the stripped, lower-case name.
+
+    Returns ``{stored name lowered: (lead lowered, sign)}``. A leading ``-`` on the lead says the
+    channel holds that lead negated (Cabrera's ``-aVR``), so reading it multiplies by -1.
+    """
+    parsed: dict[str, tuple[str, float]] = {}
+    for stored, target in (aliases or {}).items():
+        key, target = str(stored).strip().lower(), str(target).strip()
+        lead = target[1:].strip() if target.startswith("-") else target
+        if not key or not lead:
+            raise ValueError(f"lead alias {stored!r}: {target!r} needs a channel name and a lead name")
+        if key in parsed:
+            raise ValueError(f"lead alias {stored!r} is given twice (aliases match case-insensitively)")
+        parsed[key] = (lead.lower(), -1.0 if target.startswith("-") else 1.0)
+    return parsed
+
+
+def resolve_channels(names: list[str], aliases: Mapping[str, str] | None = None) -> list[tuple[str, float]]:
+    """Which lead each stored channel holds: ``(lead name lowered, sign)``, through ``aliases`` first.
+
+    A name without an alias stands for itself (case-insensitive, whitespace stripped), sign +1.
+    """
+    parsed = parse_aliases(aliases)
+    return [parsed.get(name.strip().lower(), (name.strip().lower(), 1.0)) for name in names]
+
+
 def map_leads(
     signal: np.ndarray,
     names: list[str],
     record: str,
     leads: tuple[str, ...] = CANONICAL_LEADS,
     missing: str = "error",
+    aliases: Mapping[str, str] | None = None,
+    min_present: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Select ``leads`` by name, case-insensitively, from (C, T); channels not asked for are dropped.
 
-    Returns ``(signal (len(leads), T), present (len(leads),) bool)``. With ``missing="zero"`` an
-    absent lead becomes zeros and ``present`` says so; with ``"error"`` it raises.
+    ``aliases`` maps stored channel names to leads (``MLII: II``; ``-aVR: -aVR`` negates a Cabrera
+    channel back to aVR). Returns ``(signal (len(leads), T), present (len(leads),) bool)``. Fewer
+    than ``min_present`` leads found raises, whatever ``missing`` says; otherwise with
+    ``missing="zero"`` an absent lead becomes zeros and ``present`` says so, with ``"error"`` it raises.
     """
     if missing not in ("error", "zero"):
         raise ValueError(f"missing must be 'error' or 'zero', not {missing!r}")
     if signal.ndim != 2 or signal.shape[0] != len(names):
         raise ECGRecordError(record, f"signal has shape {signal.shape} but {len(names)} channel names")
-    lowered = [name.strip().lower() for name in names]
+    resolved = resolve_channels(names, aliases)
+    lowered = [lead for lead, _ in resolved]
     duplicates = {name for name in lowered if lowered.count(name) > 1 and name in {lead.lower() for lead in leads}}
     if duplicates:
         raise ECGRecordError(record, f"lead name(s) {sorted(duplicates)} appear more than once in {names}")
@@ -60,8 +101,17 @@ def map_leads(
     present = np.zeros(len(leads), dtype=bool)
     for i, lead in enumerate(leads):
         if lead.lower() in lowered:
-            out[i] = signal[lowered.index(lead.lower())]
+            k = lowered.index(lead.lower())
+            out[i] = resolved[k][1] * signal[k]
             present[i] = True
+    if present.sum() < min_present:
+        # Without this, a record whose channels all have other names (MLII, vx) trains as zeros.
+        raise TooFewLeadsError(
+            record,
+            f"{int(present.sum())} of the {len(leads)} leads found (min_real_leads={min_present}); its channels "
+            f"are {list(names)}; map them with ecg_signal.preprocessing.lead_aliases",
+            channels=list(names),
+        )
     if missing == "error" and not present.all():
         absent = [lead for lead, ok in zip(leads, present) if not ok]
         raise ECGRecordError(record, f"lead(s) {absent} not found among {names}")

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import sqlite3
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -27,11 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mmmed_datasets.xray_image import ImageReadError, letterbox, read_radiograph
+from mmmed.atomic_files import write_file_atomic
+from mmmed_datasets.xray_image import ImageReadError, check_no_window, letterbox, read_radiograph
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1  # bump when decoding or preprocessing changes meaning
+CACHE_VERSION = 2  # 2: the no_window policy (percentile windowing). Bump when decoding or preprocessing changes meaning
 # A spawned worker re-imports the entry script (torch, Lightning: ~4-8 s); below this many misses,
 # decoding in-process is faster (a 2k JPEG 2000 film takes ~0.5 s).
 POOL_MIN_FILES = 64
@@ -54,23 +54,18 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _decode_into(path: str, entry: str, size: int, apply_voi: bool) -> tuple[str | None, str | None]:
+def _decode_into(
+    path: str, entry: str, size: int, apply_voi: bool, no_window: str, percentiles: tuple[float, float] | None
+) -> tuple[str | None, str | None]:
     """Worker: decode, letterbox and store one file. Returns ``(view, None)`` or ``(None, reason)``."""
     try:
-        decoded = read_radiograph(path, apply_voi)
+        decoded = read_radiograph(path, apply_voi, no_window, percentiles)
     except ImageReadError as err:
         return None, err.reason
     image = letterbox(decoded.pixels, size).astype(np.float16)  # (1, S, S)
-    target = Path(entry)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, image=image, view=np.array(decoded.view or ""))
-        os.replace(tmp, target)  # atomic: a reader never sees half an entry
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Atomic, mode per umask: a reader never sees half an entry; two processes decoding the same file
+    # at once write the same bytes and the last rename wins.
+    write_file_atomic(entry, lambda handle: np.savez(handle, image=image, view=np.array(decoded.view or "")))
     return decoded.view or "", None
 
 
@@ -81,18 +76,28 @@ class XrayImageCache:
         cache_dir: root of mmmed's cache (entries go under ``<cache_dir>/xray``).
         size: side of the square image the encoder takes.
         apply_voi: apply the file's VOI LUT / first window (see ``read_dicom``).
+        no_window: ``percentile`` | ``full_range``: how a file without VOI is displayed (see ``read_dicom``).
+        percentiles: ``[low, high]`` the ``percentile`` policy windows to, e.g. ``[0.5, 99.5]``.
         workers: processes that decode cache misses in ``warm`` (1: in this process).
     """
 
-    def __init__(self, cache_dir: str, size: int, apply_voi: bool, workers: int) -> None:
+    def __init__(
+        self, cache_dir: str, size: int, apply_voi: bool, no_window: str, percentiles: list[float] | None, workers: int
+    ) -> None:
         self.size = size
         self.apply_voi = apply_voi
+        self.no_window = no_window
+        self.percentiles = check_no_window(no_window, percentiles)  # floats, None for full_range
         self.workers = workers
-        settings = {"version": CACHE_VERSION, "size": size, "apply_voi": apply_voi}
+        settings = {"version": CACHE_VERSION, "size": size, "apply_voi": apply_voi, "no_window": no_window,
+                    "percentiles": self.percentiles and list(self.percentiles)}
         tag = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
         self.root = Path(cache_dir).expanduser() / "xray"
         self.entries = self.root / f"v{CACHE_VERSION}-{tag}"
         self.index_path = self.root / "content-index.sqlite"
+
+    def _decode_knobs(self) -> tuple[bool, str, tuple[float, float] | None]:
+        return self.apply_voi, self.no_window, self.percentiles
 
     def entry_for(self, sha: str) -> Path:
         return self.entries / sha[:2] / f"{sha}.npz"
@@ -100,6 +105,12 @@ class XrayImageCache:
     def _hashes(self, paths: list[Path]) -> dict[Path, str]:
         """Content hashes, taken from the index while a file's size and mtime are unchanged."""
         self.root.mkdir(parents=True, exist_ok=True)
+        # SQLite would create the index 0644 whatever the umask, so a group sharing the cache could not
+        # add to it: create the empty file first (os.open's mode is masked by the umask).
+        try:
+            os.close(os.open(self.index_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            pass
         con = sqlite3.connect(self.index_path, timeout=60)
         try:
             con.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INT, mtime_ns INT, sha TEXT)")
@@ -140,7 +151,7 @@ class XrayImageCache:
         start = time.perf_counter()
         workers = self.workers if len(misses) >= POOL_MIN_FILES else 1
         log.info("Decoding %d images into %s (%d processes)", len(misses), self.entries, workers)
-        args = [(str(p), str(self.entry_for(hashes[p])), self.size, self.apply_voi) for p in misses]
+        args = [(str(p), str(self.entry_for(hashes[p])), self.size, *self._decode_knobs()) for p in misses]
         if workers > 1:
             with ProcessPoolExecutor(self.workers, mp_context=get_context("spawn")) as pool:
                 outcomes = list(pool.map(_decode_into, *zip(*args), chunksize=max(1, len(args) // (8 * self.workers))))
@@ -169,7 +180,7 @@ class XrayImageCache:
         # Store the re-decoded image under the hash of the bytes decoded now: if the file changed
         # since warm(), the old name would otherwise hold another file's image.
         entry = self.entry_for(file_sha256(path))
-        _, reason = _decode_into(str(path), str(entry), self.size, self.apply_voi)
+        _, reason = _decode_into(str(path), str(entry), self.size, *self._decode_knobs())
         if reason is not None:
             raise ImageReadError(path, reason)
         with np.load(entry, allow_pickle=False) as data:

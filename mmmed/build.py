@@ -13,10 +13,11 @@ from mmmed.adapters import num_output_tokens
 from mmmed.datamodule import MultimodalDataModule
 from mmmed.lightning_module import MultimodalLitModule
 from mmmed.llm import LoadedLLM
-from mmmed.lora import apply_lora, check_quantization_possible
+from mmmed.lora import apply_lora
 from mmmed.evaluation import Evaluator
 from mmmed.generation import GenerationSettings
 from mmmed.model import MultimodalLM
+from mmmed.preflight import check_stage_and_llm, run_checks
 from mmmed.prompts import ChatFormatter, Modality
 
 log = logging.getLogger(__name__)
@@ -37,14 +38,7 @@ def build_run(cfg: DictConfig) -> Run:
     stage = cfg.stage
     lora = stage.get("lora")
     log.info("LLM: %s; stage %s", cfg.model.llm._target_, stage.name)
-    if lora and lora.quantize_4bit:
-        check_quantization_possible()  # before minutes of loading weights
-    if stage.train_llm and cfg.model.llm.get("dtype") in ("bfloat16", "float16"):
-        raise ValueError(
-            f"stage={stage.name} trains the LLM's own weights, which are loaded in {cfg.model.llm.dtype}: most "
-            "small updates would round away. Set model.llm.dtype=float32 (fp32 master weights; on a GPU keep "
-            "trainer.precision=bf16-mixed for speed)."
-        )
+    run_checks(cfg, (check_stage_and_llm,))  # QLoRA possible, fp32 LLM for stage=full: before minutes of loading
     llm: LoadedLLM = instantiate(cfg.model.llm, **({"quantize_4bit": True} if lora and lora.quantize_4bit else {}))
     if cfg.model.get("gradient_checkpointing"):
         # Non-reentrant: reentrant checkpointing drops the gradients of everything below a block
@@ -87,6 +81,7 @@ def build_run(cfg: DictConfig) -> Run:
         num_logged_samples=cfg.evaluation.num_logged_samples,
         run_config=OmegaConf.to_container(cfg, resolve=True),
         llm_identity=llm.identity,
+        nonfinite=cfg.nonfinite,
     )
     return Run(module, datamodule, formatter, llm)
 

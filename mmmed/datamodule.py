@@ -110,12 +110,19 @@ class MultimodalDataModule(L.LightningDataModule):
         self._share_normalization()
 
     def data_stats(self) -> dict[str, int]:
-        """Per-split counts a data set reports (samples, skipped files, filtered views), for the run's metrics."""
-        return {
-            f"data/{split}/{key}": int(value)
-            for split, dataset in self.splits.items()
-            for key, value in getattr(dataset, "stats", {}).items()
-        }
+        """Per-split counts a data set reports (samples, skipped files, filtered views), for the run's metrics.
+
+        A count per name (an ECG split's ``leads_seen``) becomes one metric per name:
+        ``data/<split>/leads_seen/<name>``, so every value stays a number the loggers accept.
+        """
+        stats = {}
+        for split, dataset in self.splits.items():
+            for key, value in getattr(dataset, "stats", {}).items():
+                if isinstance(value, dict):
+                    stats.update({f"data/{split}/{key}/{name}": int(count) for name, count in value.items()})
+                else:
+                    stats[f"data/{split}/{key}"] = int(value)
+        return stats
 
     def _loader(self, split: str, shuffle: bool, batch_size: int, generation_inputs: bool) -> DataLoader:
         if self.formatter is None:

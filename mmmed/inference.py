@@ -170,10 +170,10 @@ class MultimodalPredictor:
                                 "lead_mask": torch.from_numpy(np.asarray(prepared.lead_mask, dtype=bool).copy())})
             return windows
         if settings.get("xray_images"):
-            from mmmed_datasets.xray_image import letterbox, read_radiograph
+            from mmmed_datasets.xray_image import decode_settings, letterbox, read_radiograph
 
             images = settings["xray_images"]
-            pixels = letterbox(read_radiograph(path, images["apply_voi"]).pixels, images["size"])  # (1, S, S)
+            pixels = letterbox(read_radiograph(path, **decode_settings(images)).pixels, images["size"])  # (1, S, S)
             return [torch.from_numpy(pixels.astype(np.float16).astype(np.float32))]  # float16 as the image cache stores it
         raise ValueError(f"{CONFIG_NAME} stores no file pipeline for {settings['modality']}; pass signals to answer()")
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Literal
 
 import lightning as L
 import torch
@@ -20,6 +21,12 @@ from mmmed.evaluation import Evaluator, scalar_metrics
 from mmmed.model import MultimodalLM
 
 log = logging.getLogger(__name__)
+
+NonFinitePolicy = Literal["skip", "stop"]
+
+
+class NonFiniteError(FloatingPointError):
+    """A training step's loss or gradient was NaN or infinite and ``nonfinite=stop``."""
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_ratio: float) -> LambdaLR:
@@ -50,6 +57,10 @@ class MultimodalLitModule(L.LightningModule):
         num_logged_samples: generations kept for the W&B table per evaluation.
         run_config: the resolved run configuration, stored in every checkpoint.
         llm_identity: what identifies the LLM (name and source), checked on resume.
+        nonfinite: what a NaN/inf loss or gradient does (``nonfinite`` in conf/train.yaml): ``skip`` drops
+            that optimizer step (weights, trained modules' buffers and optimizer state unchanged, counted in
+            ``train/nonfinite_skipped``),
+            ``stop`` raises :class:`NonFiniteError` before the step, so no NaN weights are ever saved.
     """
 
     def __init__(
@@ -64,8 +75,12 @@ class MultimodalLitModule(L.LightningModule):
         num_logged_samples: int,
         run_config: dict | None = None,
         llm_identity: str | None = None,
+        *,
+        nonfinite: NonFinitePolicy,
     ) -> None:
         super().__init__()
+        if nonfinite not in ("skip", "stop"):
+            raise ValueError(f"nonfinite must be 'skip' or 'stop', not {nonfinite!r} (conf/train.yaml)")
         self.model = model
         self.tokenizer = tokenizer
         self.optimizer_factory = optimizer
@@ -79,6 +94,10 @@ class MultimodalLitModule(L.LightningModule):
         self._outputs: dict[str, list[dict]] = {"val": [], "test": []}
         self.generations: dict[str, list[dict]] = {}  # the latest evaluation's answers per split
         self.summaries: dict[str, dict] = {}  # the latest evaluation's full metrics per split (eval_<split>.json)
+        self.nonfinite = nonfinite
+        self.nonfinite_skipped = 0  # optimizer steps dropped for a NaN/inf; kept in checkpoints
+        self._loss_finite: torch.Tensor | None = None  # over this optimizer step's micro-batches; () bool
+        self._buffers_before: list[tuple[torch.Tensor, torch.Tensor]] = []  # (live, copy) for nonfinite=skip
 
     # ---- training -------------------------------------------------------------------------
     def _loss(self, batch: dict) -> tuple[torch.Tensor, int]:
@@ -89,7 +108,72 @@ class MultimodalLitModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, _ = self._loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        # A tensor, not a bool: no device sync here; on_before_optimizer_step reads it once per step.
+        finite = torch.isfinite(loss.detach()).all()
+        self._loss_finite = finite if self._loss_finite is None else self._loss_finite & finite
         return loss
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """With ``nonfinite=skip``, copy the trained modules' buffers (BatchNorm statistics) at each step's first
+        micro-batch: a forward pass updates them, so a skipped step must put them back too."""
+        if self.nonfinite != "skip" or self._loss_finite is not None:
+            return
+        saved = set(self.model.trainable_state_dict())
+        self._buffers_before = [(b, b.detach().clone()) for n, b in self.model.named_buffers() if n in saved]
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Apply the ``nonfinite`` policy; runs after backward (and DDP's all-reduce), before clipping and the step."""
+        loss_finite, self._loss_finite = self._loss_finite, None
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            return  # fp16's GradScaler skips overflowing steps itself, as part of its loss scaling
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        # FSDP2 gradients are DTensors: each rank checks its shard, the reduction below combines them.
+        grads = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad for p in params]
+        flags = [torch.isfinite(g).all() for g in grads] + ([loss_finite] if loss_finite is not None else [])
+        flags += [torch.isfinite(live).all() for live, _ in self._buffers_before]
+        bad = bool(not torch.stack([f.to(self.device) for f in flags]).all()) if flags else False
+        if self.trainer.world_size > 1:  # every rank must take the same decision
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
+            step = self.trainer.global_step + 1  # the step this update would have completed
+            culprit = self._first_nonfinite(params, grads, loss_finite)
+            if self.nonfinite == "stop":
+                last = self._last_checkpoint()
+                resume = f"the last good checkpoint is {last}. Resume with ckpt_path={last}" if last else \
+                    "no checkpoint was written before it. Start again"
+                raise NonFiniteError(
+                    f"non-finite {culprit} at training step {step}: stopped before the optimizer step (nonfinite=stop), "
+                    f"nothing was saved after it; {resume} after finding the cause, or set nonfinite=skip to drop such steps")
+            for p in params:  # optimizers pass over parameters without a gradient: weights and moments unchanged
+                p.grad = None
+            for live, before in self._buffers_before:
+                live.copy_(before)
+            self.nonfinite_skipped += 1
+            log.warning("Non-finite %s at training step %d: optimizer step skipped (nonfinite=skip; %d skipped so far)",
+                        culprit, step, self.nonfinite_skipped)
+        self.log("train/nonfinite_skipped", float(self.nonfinite_skipped), on_step=True, on_epoch=False)
+
+    def _first_nonfinite(self, params: list[torch.nn.Parameter], grads: list[torch.Tensor],
+                         loss_finite: torch.Tensor | None) -> str:
+        """``loss`` or ``gradient of <parameter name>``, for messages (this rank's view)."""
+        if loss_finite is not None and not bool(loss_finite):
+            return "loss"
+        if any(not bool(torch.isfinite(live).all()) for live, _ in self._buffers_before):
+            return "buffer (BatchNorm statistics)"
+        names = {id(p): n for n, p in self.named_parameters()}
+        for p, g in zip(params, grads):
+            if not bool(torch.isfinite(g).all()):
+                return f"gradient of {names.get(id(p), 'a parameter')}"
+        return "loss or gradient (on another rank)"
+
+    def _last_checkpoint(self) -> str | None:
+        """The newest checkpoint file this run wrote or resumed from (None: none yet), for messages."""
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        candidates = [c.last_model_path or c.best_model_path for c in self.trainer.checkpoint_callbacks
+                      if isinstance(c, ModelCheckpoint)] + [self.trainer.ckpt_path or ""]
+        existing = [Path(p) for p in candidates if p and Path(p).is_file()]
+        return str(max(existing, key=lambda p: p.stat().st_mtime)) if existing else None
 
     def configure_optimizers(self) -> dict:
         groups = self.model.parameter_groups()
@@ -212,6 +296,7 @@ class MultimodalLitModule(L.LightningModule):
         checkpoint["mmmed_trainable_keys"] = sorted(keep)  # what on_load_checkpoint checks under sharding strategies
         checkpoint["mmmed_config"] = self.run_config
         checkpoint["mmmed_llm"] = self.llm_identity
+        checkpoint["mmmed_nonfinite_skipped"] = self.nonfinite_skipped
         # Dropout (LoRA's, the LLM's in full fine-tuning) draws from torch's generator: a resumed run
         # continues the same stream. Data order and augmentation do not use it (see resumable.py).
         checkpoint["mmmed_rng"] = {"torch": torch.get_rng_state()}
@@ -252,6 +337,7 @@ class MultimodalLitModule(L.LightningModule):
         if not loaded_by_strategy:
             frozen = {k: v for k, v in self.state_dict().items() if k not in expected}
             checkpoint["state_dict"] = {**frozen, **checkpoint["state_dict"]}
+        self.nonfinite_skipped = int(checkpoint.get("mmmed_nonfinite_skipped", 0))  # older checkpoints: none counted
         rng = checkpoint.get("mmmed_rng", {})
         if "torch" in rng:
             torch.set_rng_state(rng["torch"])

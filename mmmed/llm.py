@@ -13,13 +13,13 @@ import hashlib
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from mmmed.atomic_files import build_folder_once
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +62,9 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
-    """Dequantise a GGUF checkpoint into a dense float32 HF checkpoint (model + tokenizer) at ``out_dir``.
-
-    Written into a temporary sibling directory and renamed at the end, so an interrupted conversion
-    never leaves a half-written checkpoint that a later run would trust.
-    """
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    log.info("Converting %s to a dense checkpoint in %s (once)", gguf_path.name, out_dir)
+def _save_dense(gguf_path: Path, out_dir: Path) -> None:
+    """Dequantise ``gguf_path`` and save model + tokenizer as a dense float32 HF checkpoint in ``out_dir``."""
+    log.info("Converting %s to a dense checkpoint (once)", gguf_path.name)
     model = AutoModelForCausalLM.from_pretrained(
         gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
     )
@@ -80,14 +75,19 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
+    """Make ``out_dir`` a dense float32 HF checkpoint (model + tokenizer) of a GGUF file, unless it is one.
+
+    Built once even when several processes ask at the same time (``atomic_files.build_folder_once``:
+    a lock on ``<out_dir>.lock``, a temporary sibling renamed into place, modes per the umask), so a
+    reader never sees a half-written checkpoint and the 15 s conversion runs once.
+    """
+    build_folder_once(out_dir, lambda tmp: _save_dense(gguf_path, tmp),
+                      is_complete=lambda folder: (folder / "config.json").is_file())
     return out_dir
 
 
@@ -102,8 +102,7 @@ def resolve_checkpoint(hub_id: str, cache_dir: str | os.PathLike, gguf_fallback:
         gguf_path = fallback.path()
         if gguf_path is not None:
             converted = Path(cache_dir).expanduser() / f"{gguf_path.stem}-{_file_digest(gguf_path)}"
-            if not (converted / "config.json").is_file():
-                convert_gguf(gguf_path, converted)
+            convert_gguf(gguf_path, converted)
             log.info("LLM %s: embedded GGUF %s (dense copy %s)", hub_id, gguf_path.name, converted)
             return str(converted)
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):

@@ -67,7 +67,8 @@ def build(layout, tmp_path, csv="train.csv", findings=ASKED, uncertain="positive
         question=QUESTION,
         views=views,
         on_error=on_error,
-        images=XrayImageCache(str(tmp_path / "cache"), size=32, apply_voi=True, workers=1),
+        images=XrayImageCache(str(tmp_path / "cache"), size=32, apply_voi=True,
+            no_window="percentile", percentiles=[0.5, 99.5], workers=1),
     )
 
 

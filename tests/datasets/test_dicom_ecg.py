@@ -71,7 +71,8 @@ def test_read_raw_ecg_dispatches_dcm_files(tmp_path):
 
 def test_end_to_end_through_preprocessing():
     prep = ECGPreprocessing(
-        leads=list(CANONICAL_LEADS), sampling_rate=500, seconds=10, missing_leads="error", nan_policy="reject",
+        leads=list(CANONICAL_LEADS), lead_aliases=None, min_real_leads=1,
+        sampling_rate=500, seconds=10, missing_leads="error", nan_policy="reject",
         short_records="error", bandpass=None, filter_order=4, notch=None, notch_quality=30.0, normalize="none",
         eval_crop="center", eval_crops=1,
     )  # fmt: skip

@@ -40,7 +40,7 @@ def demo(tmp_path_factory):
 
 def dataset(root, fs: int, folds=ALL_FOLDS) -> PTBXLDataset:
     preprocessing = ECGPreprocessing(
-        list(CANONICAL_LEADS), fs, 10, "error", "reject", "error", None, 4, None, 30, "none", "center", 1
+        list(CANONICAL_LEADS), None, 1, fs, 10, "error", "reject", "error", None, 4, None, 30, "none", "center", 1
     )
     return PTBXLDataset(str(root), folds, fs, "report", "<ecg>", None, list(RHYTHMS), preprocessing, False, "raise", None)
 
@@ -60,7 +60,7 @@ def test_layout_and_manifest(demo):
     assert json.loads((root / MANIFEST).read_text()) == {
         "num_patients": N_PATIENTS, "records_per_patient": PER_PATIENT, "seed": SEED, "version": 2
     }
-    assert [p.name for p in root.parent.iterdir()] == ["ptbxl"]  # no leftover temporary folder
+    assert sorted(p.name for p in root.parent.iterdir()) == ["ptbxl", "ptbxl.lock"]  # no leftover temporary folder
 
 
 @pytest.mark.parametrize("patient", [0, 29])
@@ -224,4 +224,4 @@ def test_failed_generation_leaves_nothing_behind(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="simulator crashed"):
         ensure_demo_ptbxl(tmp_path / "broken", num_patients=3, records_per_patient=1, seed=0, workers=1)
     assert calls == [10000]
-    assert list(tmp_path.iterdir()) == []  # neither the root nor the temporary folder remains
+    assert [p.name for p in tmp_path.iterdir()] == ["broken.lock"]  # neither the root nor the temporary folder remains

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -12,10 +13,12 @@ import wfdb
 from scipy.signal import butter, filtfilt, iirnotch, resample_poly, sosfiltfilt
 
 from mmmed_datasets.dicom_ecg import read_dicom_ecg
+from mmmed_datasets import ecg_preprocess
 from mmmed_datasets.ecg_preprocess import ECGPreprocessing, read_raw_ecg
-from mmmed_datasets.ecg_signal import CANONICAL_LEADS
+from mmmed_datasets.ecg_signal import CANONICAL_LEADS, RawECG, TooFewLeadsError
 
-SETTINGS = dict(leads=list(CANONICAL_LEADS), sampling_rate=250, seconds=2, missing_leads="error",
+SETTINGS = dict(leads=list(CANONICAL_LEADS), lead_aliases=None, min_real_leads=1,
+                sampling_rate=250, seconds=2, missing_leads="error",
                 nan_policy="interpolate", short_records="error", bandpass=None, filter_order=4, notch=None,
                 notch_quality=30, normalize="none", eval_crop="center", eval_crops=1)
 
@@ -86,6 +89,42 @@ def test_read_raw_ecg_picks_the_reader_by_suffix(tmp_path):
     np.testing.assert_array_equal(raw.signal, reference.signal)
 
 
+# ---- lead aliases and min_real_leads -----------------------------------------------------------
+
+
+def raw_ecg(names: list[str]) -> RawECG:
+    """2 s at 250 Hz; channel k holds the constant k + 1 mV."""
+    return RawECG(np.repeat(np.arange(1.0, len(names) + 1)[:, None], 500, axis=1), names, 250.0, "rec/holter")
+
+
+def test_aliases_and_ignored_channels_are_noted_once(caplog, monkeypatch):
+    monkeypatch.setattr(ecg_preprocess, "_NOTED_CHANNELS", set())  # notes are once per process
+    caplog.set_level(logging.INFO, logger="mmmed_datasets.ecg_preprocess")
+    names = ["MLII", "v5", "vx", "vy", "vz"]
+    p = pipeline(lead_aliases={"mlii": "II"}, missing_leads="zero")
+    for _ in range(2):
+        prepared = p.prepare_raw(raw_ecg(names))
+    assert prepared.lead_mask.tolist() == [lead in ("II", "V5") for lead in CANONICAL_LEADS]
+    assert prepared.signal[1].tolist() == [1.0] * 500 and prepared.signal[10].tolist() == [2.0] * 500
+    assert prepared.channels == tuple(names)
+    notes = [r.getMessage() for r in caplog.records]
+    assert [n.split(" is none")[0] for n in notes] == ["ECG channel 'vx'", "ECG channel 'vy'", "ECG channel 'vz'"]
+    assert notes[0] == (f"ECG channel 'vx' is none of the configured leads {list(CANONICAL_LEADS)} and is "
+                        "ignored (map it with ecg_signal.preprocessing.lead_aliases); the run's leads_seen counts "
+                        "show how often")
+
+
+@pytest.mark.parametrize("missing", ["zero", "error"])
+def test_too_few_real_leads_is_an_error_even_when_missing_leads_are_zeros(missing):
+    with pytest.raises(TooFewLeadsError) as info:
+        pipeline(missing_leads=missing, min_real_leads=3).prepare_raw(raw_ecg(["MLII", "V5", "vx"]))
+    assert str(info.value) == ("ECG record rec/holter: 1 of the 12 leads found (min_real_leads=3); its channels are "
+                               "['MLII', 'V5', 'vx']; map them with ecg_signal.preprocessing.lead_aliases")
+    prepared = pipeline(missing_leads="zero", min_real_leads=2, lead_aliases={"MLII": "II"}).prepare_raw(
+        raw_ecg(["MLII", "V5", "vx"]))
+    assert prepared.lead_mask.sum() == 2
+
+
 # ---- configuration checks ---------------------------------------------------------------------
 
 
@@ -110,6 +149,12 @@ def test_read_raw_ecg_picks_the_reader_by_suffix(tmp_path):
         (dict(eval_crop="random"), "ecg_signal.eval_crop must be one of ('center', 'start', 'multi'), not 'random'"),
         (dict(eval_crop="multi", eval_crops=0), "ecg_signal.eval_crops must be >= 1, not 0"),
         (dict(seconds=0.001), "ecg_signal.seconds=0.001 at 250 Hz gives no samples"),
+        (dict(min_real_leads=0), "ecg_signal.min_real_leads must lie in 1..12, not 0"),
+        (dict(leads=["II", "V5"], min_real_leads=3), "ecg_signal.min_real_leads must lie in 1..2, not 3"),
+        (dict(lead_aliases={"MLII": "II", "mlii": "II"}),
+         "ecg_signal.lead_aliases: lead alias 'mlii' is given twice (aliases match case-insensitively)"),
+        (dict(lead_aliases={"X": ""}),
+         "ecg_signal.lead_aliases: lead alias 'X': '' needs a channel name and a lead name"),
     ],
 )
 def test_invalid_configuration(overrides, message):
@@ -211,7 +256,8 @@ def test_normalise_dataset_without_statistics(window):
     "change",
     [dict(leads=list(reversed(CANONICAL_LEADS))), dict(leads=list(CANONICAL_LEADS[:8])), dict(sampling_rate=500),
      dict(seconds=3), dict(missing_leads="zero"), dict(nan_policy="zero"), dict(short_records="pad"),
-     dict(bandpass=[0.5, 40]), dict(filter_order=2), dict(notch=50), dict(notch_quality=10)],
+     dict(bandpass=[0.5, 40]), dict(filter_order=2), dict(notch=50), dict(notch_quality=10),
+     dict(lead_aliases={"MLII": "II"}), dict(min_real_leads=2)],
 )
 def test_settings_key_changes_with_every_prepare_setting(change):
     base = pipeline().settings_key()

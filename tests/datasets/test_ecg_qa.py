@@ -104,7 +104,7 @@ def qa(tmp_path_factory) -> Path:
 
 def preprocessing(fs: int) -> ECGPreprocessing:
     """No resampling, whole 10 s records, per-record z-score: what ``read_independently`` computes."""
-    return ECGPreprocessing(list(CANONICAL_LEADS), fs, 10, "error", "reject", "error", None, 4, None, 30, "record", "center", 1)
+    return ECGPreprocessing(list(CANONICAL_LEADS), None, 1, fs, 10, "error", "reject", "error", None, 4, None, 30, "record", "center", 1)
 
 
 def dataset(qa: Path, ptbxl: Path, split: str = "train", fs: int = 100, types=None, on_error="raise", cache=None,

@@ -10,6 +10,7 @@ import pytest
 import torch
 import wfdb
 
+from mmmed.datamodule import MultimodalDataModule
 from mmmed_datasets.ecg_cache import ECGSignalCache
 from mmmed_datasets.ecg_preprocess import ECGPreprocessing
 from mmmed_datasets.ecg_samples import ECGSample, ECGSampleDataset
@@ -23,7 +24,8 @@ NO_V4 = [lead for lead in CANONICAL_LEADS if lead != "V4"]
 
 def pipeline(**overrides) -> ECGPreprocessing:
     """12 leads at 100 Hz, 2 s windows, missing leads as zeros, mV out."""
-    settings = dict(leads=list(CANONICAL_LEADS), sampling_rate=FS, seconds=WINDOW / FS, missing_leads="zero",
+    settings = dict(leads=list(CANONICAL_LEADS), lead_aliases=None, min_real_leads=1,
+                    sampling_rate=FS, seconds=WINDOW / FS, missing_leads="zero",
                     nan_policy="interpolate", short_records="error", bandpass=None, filter_order=4, notch=None,
                     notch_quality=30, normalize="none", eval_crop="center", eval_crops=1)
     return ECGPreprocessing(**{**settings, **overrides})
@@ -92,7 +94,10 @@ def test_skip_drops_logs_and_counts(samples, rec, tmp_path, caplog):
     ds = ECGSampleDataset(samples, pipeline(), False, "skip", ECGSignalCache(tmp_path / "cache", workers=0), SOURCE,
                           skipped=[earlier])
     assert [s.id for s in ds.samples] == ["s0", "s1", "s2"]  # a sample goes when either of its records fails
-    assert ds.stats == {"samples": 3, "skipped": 4, "records": 3, "nan_samples": 4, "records_missing_leads": 1}
+    # leads_seen: records a, c (12 leads) and b (no V4); bad and short failed before their leads were read
+    seen = {lead: 2 if lead == "V4" else 3 for lead in sorted(CANONICAL_LEADS)}
+    assert ds.stats == {"samples": 3, "skipped": 4, "records": 3, "nan_samples": 4, "records_missing_leads": 1,
+                        "records_too_few_leads": 0, "leads_seen": seen}
     bad = BAD_PROBLEM.format(rec["bad"])
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
         f"{SOURCE}: skipped table.csv: row 7 has an empty report",
@@ -131,6 +136,63 @@ def test_unknown_error_policy(samples, tmp_path):
     with pytest.raises(ValueError) as info:
         dataset(samples, tmp_path, on_error="ignore")
     assert str(info.value) == "on_error must be one of ('raise', 'skip'), not 'ignore'"
+
+
+# ---- records with too few real leads ----------------------------------------------------------
+
+FRANK_PROBLEM = ("0 of the 12 leads found (min_real_leads=1); its channels are ['vx', 'vy', 'vz']; "
+                 "map them with ecg_signal.preprocessing.lead_aliases")
+
+
+@pytest.fixture(scope="module")
+def frank(tmp_path_factory) -> dict[str, str]:
+    """frank: 2.5 s of Frank leads vx, vy, vz only; holter: 2.5 s of MLII and V5 (a Holter record)."""
+    folder = tmp_path_factory.mktemp("frank")
+    return {"frank": write(folder / "frank", 250, 5, names=["vx", "vy", "vz"]),
+            "holter": write(folder / "holter", 250, 6, names=["MLII", "V5"])}
+
+
+def test_record_without_leads_is_a_counted_logged_skip(rec, frank, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="mmmed_datasets.ecg_samples")
+    rows = [sample("s0", rec["a"]), sample("f", frank["frank"]), sample("h", frank["holter"])]
+    ds = dataset(rows, tmp_path, lead_aliases={"MLII": "II"})  # missing_leads: zero, on_error: skip
+    assert [s.id for s in ds.samples] == ["s0", "h"]
+    assert [r.getMessage() for r in caplog.records] == [f"{SOURCE}: skipped {frank['frank']}: {FRANK_PROBLEM}"]
+    seen = {**{lead: 1 for lead in CANONICAL_LEADS}, "MLII": 1, "V5": 2, "vx": 1, "vy": 1, "vz": 1}
+    assert ds.stats == {"samples": 2, "skipped": 1, "records": 2, "nan_samples": 0, "records_missing_leads": 1,
+                        "records_too_few_leads": 1, "leads_seen": dict(sorted(seen.items()))}
+    assert ds[1]["signals"]["ecg"][0]["lead_mask"].tolist() == [lead in ("II", "V5") for lead in CANONICAL_LEADS]
+    without_cache = dataset(rows, tmp_path, cache=False, lead_aliases={"MLII": "II"})
+    assert [s.id for s in without_cache.samples] == ["s0", "h"] and without_cache.stats["skipped"] == 1
+
+
+def test_record_without_leads_raises_in_strict_mode(frank, tmp_path):
+    with pytest.raises(ECGRecordError) as info:
+        dataset([sample("f", frank["frank"])], tmp_path, on_error="raise")
+    assert str(info.value) == f"ECG record {frank['frank']}: {FRANK_PROBLEM}"
+    lazy = dataset([sample("f", frank["frank"])], tmp_path, cache=False, on_error="raise")
+    with pytest.raises(ECGRecordError) as info:
+        lazy[0]  # without the cache a record is read when its item is
+    assert str(info.value) == f"ECG record {frank['frank']}: {FRANK_PROBLEM}"
+
+
+def test_leads_seen_reach_the_run_metrics_one_number_per_name(rec, frank, tmp_path):
+    splits = {"train": [sample("s0", rec["a"]), sample("h", frank["holter"])], "val": [sample("f", frank["frank"]),
+                                                                                    sample("s1", rec["b"])]}
+    module = MultimodalDataModule(
+        root="", dataset=lambda split: dataset(splits[split], tmp_path, lead_aliases={"MLII": "II"}),
+        splits={"train": {"split": "train"}, "val": {"split": "val"}}, prepare=None, batch_size=1, eval_batch_size=1,
+        num_workers=0, max_length=64, answer_classes={}, max_new_tokens=4, label_scores=None, report_metrics=None,
+        seed=0)
+    module.setup()
+    stats = module.data_stats()
+    assert stats["data/train/leads_seen/MLII"] == 1 and stats["data/train/leads_seen/V5"] == 2
+    assert stats["data/val/leads_seen/vx"] == 1 and stats["data/val/leads_seen/I"] == 1
+    assert "data/val/leads_seen/V4" not in stats  # b has no V4 and the Frank record none of the 12
+    assert stats["data/val/records_too_few_leads"] == 1 and stats["data/train/records_too_few_leads"] == 0
+    assert all(isinstance(value, int) for value in stats.values())
+    assert sorted(k for k in stats if k.startswith("data/val/leads_seen/")) == sorted(
+        f"data/val/leads_seen/{name}" for name in NO_V4 + ["vx", "vy", "vz"])
 
 
 # ---- items and windows ------------------------------------------------------------------------

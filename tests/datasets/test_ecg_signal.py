@@ -7,9 +7,11 @@ import pytest
 from scipy.signal import butter, filtfilt, iirnotch, sosfiltfilt
 
 from mmmed_datasets.ecg_signal import (
+    TooFewLeadsError,
     bandpass,
     map_leads,
     notch,
+    parse_aliases,
     repair_nans,
     resample,
     window_offsets,
@@ -67,6 +69,69 @@ def test_duplicate_lead_names_are_an_error():
     names = list(CANONICAL_LEADS[:-1]) + ["v5"]
     with pytest.raises(ECGRecordError, match=r"\['v5'\] appear more than once"):
         map_leads(labelled(names), names, "dup")
+
+
+HOLTER_ALIASES = {"MLI": "I", "MLII": "II", "MLIII": "III", "-aVR": "-aVR"}  # as conf/ecg_signal/default.yaml
+
+
+def test_holter_names_map_through_aliases():
+    names = ["MLII", "V5"]  # MIT-BIH / Holter: modified lead II and V5
+    out, present = map_leads(labelled(names), names, "mitdb/100", missing="zero", aliases=HOLTER_ALIASES)
+    assert present.tolist() == [lead in ("II", "V5") for lead in CANONICAL_LEADS]
+    assert out[1, 0] == 1 and out[10, 0] == 2 and out[~present].sum() == 0
+
+
+def test_aliases_match_case_insensitively_and_strip_whitespace():
+    names = [" mlii ", "mli", "v5"]
+    out, present = map_leads(labelled(names), names, "rec", missing="zero", aliases={"MLII ": "II", "MLI": "i"})
+    assert present.tolist() == [lead in ("I", "II", "V5") for lead in CANONICAL_LEADS]
+    assert out[0, 0] == 2 and out[1, 0] == 1 and out[10, 0] == 3
+
+
+def test_cabrera_minus_avr_is_negated_to_avr():
+    names = list(CANONICAL_LEADS[:3]) + ["-aVR"] + list(CANONICAL_LEADS[4:])
+    out, present = map_leads(labelled(names), names, "cabrera", aliases=HOLTER_ALIASES)
+    assert present.all() and out[3, 0] == -4  # the stored -aVR channel (4th, value 4), negated
+    assert out[:, 0].tolist() == [1, 2, 3, -4] + list(range(5, 13))
+    # Without the alias "-aVR" is no lead: a sign error is never silent
+    with pytest.raises(ECGRecordError, match=r"lead\(s\) \['aVR'\] not found"):
+        map_leads(labelled(names), names, "cabrera")
+
+
+def test_no_configured_lead_is_an_error_naming_the_channels_even_with_zero_filling():
+    names = ["vx", "vy", "vz"]  # Frank leads only
+    for missing in ("zero", "error"):
+        with pytest.raises(TooFewLeadsError) as info:
+            map_leads(labelled(names), names, "ptb/s0010_re", missing=missing, aliases=HOLTER_ALIASES)
+        assert str(info.value) == (
+            "ECG record ptb/s0010_re: 0 of the 12 leads found (min_real_leads=1); its channels are "
+            "['vx', 'vy', 'vz']; map them with ecg_signal.preprocessing.lead_aliases"
+        )
+        assert isinstance(info.value, ECGRecordError) and info.value.channels == names
+
+
+def test_min_present_counts_leads_found_after_aliases():
+    names = ["MLII", "V5", "vx"]
+    _, present = map_leads(labelled(names), names, "rec", missing="zero", aliases=HOLTER_ALIASES, min_present=2)
+    assert present.sum() == 2
+    with pytest.raises(TooFewLeadsError, match=r"^ECG record rec: 2 of the 12 leads found \(min_real_leads=3\)"):
+        map_leads(labelled(names), names, "rec", missing="zero", aliases=HOLTER_ALIASES, min_present=3)
+
+
+def test_an_alias_and_a_stored_lead_of_the_same_name_are_ambiguous():
+    names = ["II", "MLII"]
+    with pytest.raises(ECGRecordError, match=r"\['ii'\] appear more than once in \['II', 'MLII'\]"):
+        map_leads(labelled(names), names, "rec", missing="zero", aliases=HOLTER_ALIASES)
+
+
+def test_parse_aliases():
+    assert parse_aliases(HOLTER_ALIASES) == {"mli": ("i", 1.0), "mlii": ("ii", 1.0), "mliii": ("iii", 1.0),
+                                             "-avr": ("avr", -1.0)}
+    assert parse_aliases(None) == {}
+    with pytest.raises(ValueError, match=r"lead alias 'mlii' is given twice"):
+        parse_aliases({"MLII": "II", "mlii": "II"})
+    with pytest.raises(ValueError, match=r"lead alias 'X': '-' needs a channel name and a lead name"):
+        parse_aliases({"X": "-"})
 
 
 @pytest.mark.parametrize("fs_in,fs_out", [(1000, 500), (360, 500), (250, 100), (400, 500), (500, 500)])

@@ -65,7 +65,7 @@ def dataset(root: Path, cache: Path, **overrides) -> MIMICCXRDataset:
         labels_csv="mmmed-demo-labels.csv",
         views=["PA", "AP"],
         on_error="raise",
-        images=XrayImageCache(str(cache), size=32, apply_voi=True, workers=1),
+        images=XrayImageCache(str(cache), size=32, apply_voi=True, no_window="full_range", percentiles=None, workers=1),
     )
     kwargs.update(overrides)
     return MIMICCXRDataset(**kwargs)
@@ -108,7 +108,7 @@ def test_demo_finding_lies_on_the_named_side(demo):
     asymmetry = {"LEFT": [], "RIGHT": [], "NORMAL": []}
     for row in frontal.itertuples():
         path = demo / "files" / f"p{str(row.subject_id)[:2]}" / f"p{row.subject_id}" / f"s{row.study_id}" / f"{row.dicom_id}.dcm"
-        pixels = read_dicom(path, apply_voi=True).pixels
+        pixels = read_dicom(path, apply_voi=True, no_window="full_range", percentiles=None).pixels
         rows, cols = pixels.shape
         band = pixels[rows // 2 : int(rows * 0.65)]  # lower lung zone, lateral to the heart
         image_right, image_left = band[:, int(cols * 0.68) : int(cols * 0.8)], band[:, int(cols * 0.2) : int(cols * 0.32)]

@@ -79,7 +79,7 @@ def build(root: Path, studies: list[tuple], write_records: bool = True, signals:
 
 
 def preprocessing(fs: int = 500, nan_policy: str = "interpolate") -> ECGPreprocessing:
-    return ECGPreprocessing(CANONICAL, fs, 10, "error", nan_policy, "error", None, 4, None, 30, "none", "center", 1)
+    return ECGPreprocessing(CANONICAL, None, 1, fs, 10, "error", nan_policy, "error", None, 4, None, 30, "none", "center", 1)
 
 
 def dataset(root: Path, split: str = "train", fractions=ALL_TRAIN, seed: int = 0, fs: int = 500, nan_policy: str = "interpolate",
@@ -146,6 +146,7 @@ def test_nan_runs_are_interpolated_and_counted(values_root, tmp_path):
     v3 = CANONICAL.index("V3")
     np.testing.assert_allclose(got[v3, 4950:], stored[v3, 4949], rtol=0, atol=1e-6)  # held at the edge
     assert ds.stats == {"samples": 3, "skipped": 0, "records": 3, "nan_samples": 150, "records_missing_leads": 0,
+                        "records_too_few_leads": 0, "leads_seen": {name: 3 for name in sorted(MIMIC_NAMES)},
                         "subjects": 2, "missing_measurements": 0, "subject_mismatch": 0, "empty_report": 0}
 
 
@@ -253,6 +254,7 @@ def test_bad_studies_are_skipped_and_counted(tmp_path):
     ds = dataset(tmp_path, on_error="skip", cache=ECGSignalCache(tmp_path / "cache", workers=0))
     assert [s.id for s in ds.samples] == ["mimic-iv-ecg/40000001", "mimic-iv-ecg/40000005"]
     assert ds.stats == {"samples": 2, "skipped": 3, "records": 2, "nan_samples": 0, "records_missing_leads": 0,
+                        "records_too_few_leads": 0, "leads_seen": {name: 2 for name in sorted(MIMIC_NAMES)},
                         "subjects": 2, "missing_measurements": 2, "subject_mismatch": 0, "empty_report": 1}
 
 

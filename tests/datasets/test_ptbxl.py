@@ -93,7 +93,8 @@ def root(tmp_path_factory):
 
 def prep(**overrides) -> ECGPreprocessing:
     settings = dict(
-        leads=list(CANONICAL_LEADS), sampling_rate=100, seconds=10, missing_leads="error", nan_policy="reject",
+        leads=list(CANONICAL_LEADS), lead_aliases=None, min_real_leads=1,
+        sampling_rate=100, seconds=10, missing_leads="error", nan_policy="reject",
         short_records="error", bandpass=None, filter_order=4, notch=None, notch_quality=30, normalize="none",
         eval_crop="center", eval_crops=1,
     )

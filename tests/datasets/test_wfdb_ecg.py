@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import wfdb
+from omegaconf import OmegaConf
 from scipy.signal import resample_poly
 
 from mmmed_datasets.ecg_preprocess import ECGPreprocessing
@@ -42,7 +43,8 @@ def write(path: Path, signal: np.ndarray, names: list[str], fs: float, fmt: str 
 
 def pipeline(**overrides) -> ECGPreprocessing:
     """The default pipeline (12 canonical leads, mV out, no filters), with ``overrides``."""
-    settings = dict(leads=list(CANONICAL_LEADS), sampling_rate=500, seconds=2, missing_leads="error",
+    settings = dict(leads=list(CANONICAL_LEADS), lead_aliases=None, min_real_leads=1,
+                    sampling_rate=500, seconds=2, missing_leads="error",
                     nan_policy="interpolate", short_records="error", bandpass=None, filter_order=4, notch=None,
                     notch_quality=30, normalize="none", eval_crop="center", eval_crops=1)
     return ECGPreprocessing(**{**settings, **overrides})
@@ -337,3 +339,171 @@ def test_short_record_error_or_pad(tmp_path):
 def test_record_error_is_a_value_error_with_the_path(tmp_path):
     with pytest.raises(ValueError, match=re.escape(f"ECG record {tmp_path / 'x'}: header file x.hea not found")):
         read_wfdb(tmp_path / "x.hea")
+
+
+# ---- several samples per frame: every lead at its true rate ----------------------------------
+
+FRAME_RATE = 125  # Hz; leads with 4 samples per frame are 500 Hz leads
+RICH_HZ = np.array([1.1, 4.7, 9.3, 17.9, 26.3, 39.1])  # ECG-like band, all below the frame rate's Nyquist
+RICH_MV = np.array([0.6, 0.4, 0.3, 0.2, 0.15, 0.1])
+
+
+def rich(t: np.ndarray, lead: int) -> np.ndarray:
+    """A smooth but rich known signal (mV) at times ``t`` (s): six sinusoids up to 39 Hz, phases per lead."""
+    phases = lead * (1 + np.arange(len(RICH_HZ)))[:, None]
+    return (RICH_MV[:, None] * np.sin(2 * np.pi * RICH_HZ[:, None] * t[None] + phases)).sum(0)
+
+
+def lead_times(frames: int, spf: int, first_frame: int = 0) -> np.ndarray:
+    """Sample times (s) of a lead with ``spf`` samples per frame over ``frames`` frames."""
+    return (first_frame * spf + np.arange(frames * spf)) / (FRAME_RATE * spf)
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def write_frames(path: Path, names: list[str], spf: list[int], frames: int, first_frame: int = 0) -> Path:
+    """A format-16 record written by wfdb from expanded signals: lead k is ``rich(., k)`` at FRAME_RATE * spf[k]."""
+    expanded = [rich(lead_times(frames, n, first_frame), k) for k, n in enumerate(spf)]
+    wfdb.wrsamp(path.name, fs=FRAME_RATE, units=["mV"] * len(names), sig_name=names, e_p_signal=expanded,
+                samps_per_frame=spf, fmt=["16"] * len(names), adc_gain=[1000.0] * len(names),
+                baseline=[0] * len(names), write_dir=str(path.parent))
+    return path
+
+
+SPF_NAMES, SPF = ["I", "II", "V1", "V2"], [4, 4, 4, 1]  # three 500 Hz leads and one 125 Hz lead
+
+
+@pytest.fixture
+def multi_rate(tmp_path) -> Path:
+    """2 s: leads I, II, V1 at 4 samples per 125 Hz frame (500 Hz), V2 at 1 sample per frame (125 Hz)."""
+    return write_frames(tmp_path / "holter", SPF_NAMES, SPF, 250)
+
+
+def test_samples_per_frame_are_read_at_the_true_rate(multi_rate):
+    header = wfdb.rdheader(str(multi_rate))
+    assert header.fs == FRAME_RATE and header.samps_per_frame == SPF  # wfdb's writer stored 4 per frame
+    raw = read_wfdb(multi_rate)
+    assert raw.fs == 500.0 and raw.signal.shape == (4, 1000) and raw.lead_names == SPF_NAMES
+    truth = np.stack([rich(lead_times(250, 4), k) for k in range(4)])  # (4, 1000) at 500 Hz
+    for k in range(3):  # stored at 500 Hz: exactly the stored values, no frame averaging
+        np.testing.assert_array_equal(raw.signal[k], quantise(truth[k]))
+    # The 125 Hz lead, brought to 500 Hz: resample_poly by 4 of what it stores (ends extended along
+    # their trend), computed here independently.
+    stored_v2 = quantise(rich(lead_times(250, 1), 3))
+    np.testing.assert_array_equal(raw.signal[3], resample_poly(stored_v2, 4, 1, padtype="line"))
+    for k in range(4):
+        # measured: 0.99999988 for the 500 Hz leads, 0.99995 for the lead upsampled from 125 Hz
+        assert correlation(raw.signal[k], truth[k]) >= 0.999
+
+
+def test_frame_averages_would_fail_the_same_check(multi_rate):
+    """wfdb's default read (smooth_frames=True, what mmmed used before) averages 4 samples per frame."""
+    smoothed = wfdb.rdrecord(str(multi_rate)).p_signal.T  # (4, 250) at the 125 Hz frame rate
+    assert smoothed.shape == (4, 250)
+    truth = rich(lead_times(250, 4), 0)
+    # measured 0.9864: the 4-sample average damps 39 Hz by 15% and delays every lead by 3 ms
+    assert correlation(resample_poly(smoothed[0], 4, 1), truth) < 0.995
+    assert correlation(read_wfdb(multi_rate).signal[0], truth) >= 0.999
+
+
+def test_samples_per_frame_after_resampling_to_the_target_rate(multi_rate):
+    prepared = pipeline(leads=SPF_NAMES, sampling_rate=100, seconds=2).prepare(multi_rate)
+    assert prepared.signal.shape == (4, 200)
+    truth = np.stack([rich(lead_times(250, 4), k) for k in range(4)])  # (4, 1000) at 500 Hz
+    # The 500 Hz leads: exactly the independent resampling of their stored values, 500 -> 100 Hz.
+    np.testing.assert_array_equal(prepared.signal[:3], resampled(quantise(truth[:3]), 1, 5))
+    reference = resample_poly(truth, 1, 5, axis=-1)  # (4, 200): the true signal at 100 Hz
+    for k in range(4):
+        # measured: 0.99999997 for the 500 Hz leads and 0.999998 for the 125 Hz lead
+        assert correlation(prepared.signal[k], reference[k]) >= 0.999
+    # measured away from the edges: at most 4.2e-4 mV for the 500 Hz leads (the 1 uV storage step,
+    # filtered), 1.05e-3 mV for V2 (from 125 Hz); 5e-3 leaves about 5x margin
+    np.testing.assert_allclose(prepared.signal[:, 20:-20], reference[:, 20:-20], rtol=0, atol=5e-3)
+
+
+def test_fixed_layout_segments_with_samples_per_frame(tmp_path):
+    """Two segments written by wfdb.MultiRecord: lead I at 4 samples per frame, II at 1; the signal runs on."""
+    for name, frames, first in (("fix_1", 150, 0), ("fix_2", 100, 150)):
+        write_frames(tmp_path / name, ["I", "II"], [4, 1], frames, first)
+    segments = [wfdb.rdrecord(str(tmp_path / name), physical=False, smooth_frames=False) for name in ("fix_1", "fix_2")]
+    wfdb.MultiRecord(record_name="fix", fs=FRAME_RATE, n_sig=2, sig_len=250, seg_name=["fix_1", "fix_2"],
+                     seg_len=[150, 100], segments=segments, layout="fixed").wrsamp(expanded=True,
+                                                                                    write_dir=str(tmp_path))
+    raw = read_wfdb(tmp_path / "fix")
+    assert raw.fs == 500.0 and raw.signal.shape == (2, 1000) and raw.lead_names == ["I", "II"]
+    np.testing.assert_array_equal(raw.signal[0], quantise(rich(lead_times(250, 4), 0)))
+    # measured 0.99998 (II is upsampled from 125 Hz)
+    assert correlation(raw.signal[1], rich(lead_times(250, 4), 1)) >= 0.999
+
+
+def test_variable_layout_segments_with_samples_per_frame_and_a_gap(tmp_path):
+    """Segment a (100 frames), a 50-frame gap "~", segment b (100 frames); I at 4 samples per frame, II at 1."""
+    write_frames(tmp_path / "var_a", ["I", "II"], [4, 1], 100, 0)
+    write_frames(tmp_path / "var_b", ["I", "II"], [4, 1], 100, 150)
+    # wfdb's writer refuses the layout header's "~" file name, so it is written as wfdb writes one;
+    # "0x4": no storage format, 4 samples per frame.
+    (tmp_path / "var_layout.hea").write_text(
+        "var_layout 2 125 0\n~ 0x4 1000.0(0)/mV 16 0 0 0 0 I\n~ 0 1000.0(0)/mV 16 0 0 0 0 II\n")
+    (tmp_path / "var.hea").write_text("var/4 2 125 250\nvar_layout 0\nvar_a 100\n~ 50\nvar_b 100\n")
+    assert wfdb.rdheader(str(tmp_path / "var_layout")).samps_per_frame == [4, 1]
+    raw = read_wfdb(tmp_path / "var")
+    assert raw.fs == 500.0 and raw.signal.shape == (2, 1000)
+    expected_i = quantise(rich(lead_times(250, 4), 0))
+    expected_i[400:600] = np.nan  # frames 100-149 at 4 samples per frame
+    np.testing.assert_array_equal(raw.signal[0], expected_i)
+    # II (125 Hz) upsampled: NaN wherever an output sample lies next to a stored gap sample, i.e.
+    # 500 Hz samples 397-599 (397-399 sit between stored frame 99 and the gap's first frame 100).
+    assert np.flatnonzero(np.isnan(raw.signal[1])).tolist() == list(range(397, 600))
+    truth_ii = rich(lead_times(250, 4), 1)
+    for part in (slice(0, 360), slice(640, 1000)):  # away from the bridged gap
+        # measured 0.999999 and 0.99994
+        assert correlation(raw.signal[1, part], truth_ii[part]) >= 0.999
+    zeroed = pipeline(leads=["I", "II"], nan_policy="zero").prepare(tmp_path / "var")
+    assert zeroed.nan_samples == 200 + 203 and zeroed.signal.shape == (2, 1000)
+
+
+# ---- lead names through conf/ecg_signal/default.yaml's lead_aliases ----------------------------
+
+
+def shipped(**overrides) -> ECGPreprocessing:
+    """``pipeline`` with the lead_aliases and min_real_leads the default config ships."""
+    conf = OmegaConf.load(Path(__file__).parents[2] / "conf" / "ecg_signal" / "default.yaml").preprocessing
+    settings = dict(lead_aliases=OmegaConf.to_container(conf.lead_aliases), min_real_leads=conf.min_real_leads)
+    return pipeline(**{**settings, **overrides})
+
+
+def test_holter_mlii_v5_record_gives_ii_and_v5(tmp_path):
+    signal = signal_for(2, 3600, seed=2)
+    path = write(tmp_path / "mitdb_100", signal, ["MLII", "V5"], 360, fmt="212", gain=200.0, baseline=1024)
+    prepared = shipped(seconds=10, missing_leads="zero").prepare(path)
+    assert prepared.lead_mask.tolist() == [lead in ("II", "V5") for lead in CANONICAL_LEADS]
+    expected = np.zeros((12, 5000), dtype=np.float32)
+    expected[[1, 10]] = resampled(quantise(signal, 200.0).T, 25, 18)
+    np.testing.assert_array_equal(prepared.signal, expected)
+    assert prepared.channels == ("MLII", "V5")
+
+
+def test_cabrera_minus_avr_record_is_negated(tmp_path):
+    signal = signal_for(12, 1000, seed=7)
+    names = [lead if lead != "aVR" else "-aVR" for lead in CANONICAL_LEADS]
+    stored = signal.copy()
+    stored[:, 3] = -signal[:, 3]  # a Cabrera device stores -aVR
+    path = write(tmp_path / "cabrera", stored, names, 500)
+    prepared = shipped().prepare(path)
+    np.testing.assert_array_equal(prepared.signal, quantise(signal).T.astype(np.float32))
+    expect_error(lambda: pipeline().prepare(path), path, f"lead(s) ['aVR'] not found among {names}")
+
+
+@pytest.mark.parametrize("missing", ["zero", "error"])
+def test_frank_only_record_names_the_file_and_its_channels(tmp_path, missing):
+    path = write(tmp_path / "frank", signal_for(3, 1000, seed=8), ["vx", "vy", "vz"], 500)
+    expect_error(lambda: shipped(missing_leads=missing).prepare(path), path,
+                 "0 of the 12 leads found (min_real_leads=1); its channels are ['vx', 'vy', 'vz']; "
+                 "map them with ecg_signal.preprocessing.lead_aliases")
+
+
+def test_record_without_a_voltage_channel(tmp_path):
+    path = write(tmp_path / "resp", signal_for(1, 1000, seed=9), ["RESP"], 500, units=["Ohm"])
+    expect_error(lambda: read_wfdb(path), path, "no voltage channel among ['RESP'] (units ['Ohm'])")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -18,6 +19,7 @@ from mmmed_datasets.xray_cache import CACHE_VERSION, CachedImage, XrayImageCache
 from mmmed_datasets.xray_demo import ENCODINGS, build_dicom, encode_display
 from mmmed_datasets.xray_image import ImageReadError, letterbox, read_radiograph
 
+PERCENTILE = {"no_window": "percentile", "percentiles": [0.5, 99.5]}  # conf/data's default policy
 ROWS, COLS = 40, 30  # portrait: letterboxing pads left and right
 SIZE = 16
 PATIENT_NAME = "Test^Name"
@@ -56,13 +58,14 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def expected_image(path: Path, size: int = SIZE, apply_voi: bool = True) -> np.ndarray:
+def expected_image(path: Path, size: int = SIZE, apply_voi: bool = True, no_window: str = "percentile",
+                   percentiles: list[float] | None = PERCENTILE["percentiles"]) -> np.ndarray:
     """The reference: decode and letterbox directly, without the cache. (1, size, size)"""
-    return letterbox(read_radiograph(path, apply_voi).pixels, size)
+    return letterbox(read_radiograph(path, apply_voi, no_window, percentiles).pixels, size)
 
 
-def make_cache(tmp_path: Path, size: int = SIZE, apply_voi: bool = True, workers: int = 1) -> XrayImageCache:
-    return XrayImageCache(str(tmp_path / "cache"), size=size, apply_voi=apply_voi, workers=workers)
+def make_cache(tmp_path: Path, size: int = SIZE, apply_voi: bool = True, workers: int = 1, **policy) -> XrayImageCache:
+    return XrayImageCache(str(tmp_path / "cache"), size=size, apply_voi=apply_voi, workers=workers, **(PERCENTILE | policy))
 
 
 def entry_files(tmp_path: Path) -> list[Path]:
@@ -234,8 +237,8 @@ def test_two_spawned_workers_give_the_same_entries_and_images(tmp_path, monkeypa
     paths = [write_dicom(src / f"{i}.dcm", seed=10 + i, encoding_index=i % 2) for i in range(3)]
     paths.append(write_png(src / "3.png", seed=13))
 
-    serial_cache = XrayImageCache(str(tmp_path / "serial"), size=SIZE, apply_voi=True, workers=1)
-    parallel_cache = XrayImageCache(str(tmp_path / "parallel"), size=SIZE, apply_voi=True, workers=2)
+    serial_cache = XrayImageCache(str(tmp_path / "serial"), size=SIZE, apply_voi=True, workers=1, **PERCENTILE)
+    parallel_cache = XrayImageCache(str(tmp_path / "parallel"), size=SIZE, apply_voi=True, workers=2, **PERCENTILE)
     serial = serial_cache.warm(paths)
     with caplog.at_level("INFO", logger="mmmed_datasets.xray_cache"):
         parallel = parallel_cache.warm(paths)
@@ -256,3 +259,26 @@ def test_re_decoding_a_changed_file_never_files_it_under_its_old_hash(tmp_path, 
     np.testing.assert_allclose(image, expected_image(path), atol=1e-3, rtol=0)
     assert not old_entry.exists()  # the old name would hold another file's image
     assert cache.entry_for(sha(path)).is_file()
+
+
+@pytest.mark.parametrize("other", [{"no_window": "full_range", "percentiles": None}, {"percentiles": [5.0, 95.0]}])
+def test_the_no_window_policy_is_part_of_the_entry_key(tmp_path, other):
+    src = tmp_path / "src"
+    src.mkdir()
+    # The demo's windowless 12-bit encoding, stored uncompressed (OpenJPEG refuses a 40 x 30 tile).
+    enc = dataclasses.replace(ENCODINGS[2], syntax=pydicom.uid.ExplicitVRLittleEndian)
+    assert not enc.windows and enc.voi_lut_gamma is None
+    path = src / "plain.dcm"
+    header = {"SOPInstanceUID": pydicom.uid.generate_uid(), "PatientName": PATIENT_NAME, "ViewPosition": "PA"}
+    build_dicom(encode_display(0.2 + 0.3 * display(4), enc), enc, header).save_as(path, enforce_file_format=True)
+    base, changed = make_cache(tmp_path), make_cache(tmp_path, **other)
+    base_entry, changed_entry = base.warm([path])[path].entry, changed.warm([path])[path].entry
+    assert base_entry.name == changed_entry.name and base_entry.parent.parent != changed_entry.parent.parent
+    assert not np.array_equal(base.load(path, base_entry), changed.load(path, changed_entry))
+    settings = PERCENTILE | other
+    np.testing.assert_allclose(changed.load(path, changed_entry), expected_image(path, **settings), atol=1e-3, rtol=0)  # float16
+
+
+def test_an_invalid_no_window_policy_is_refused_when_the_cache_is_built(tmp_path):
+    with pytest.raises(ValueError, match="no_window must be one of"):
+        make_cache(tmp_path, no_window="minmax")

@@ -75,7 +75,8 @@ def build(root, tmp_path, csv="manifest.csv", split=None, views=None, on_error="
         split=split,
         views=views,
         on_error=on_error,
-        images=XrayImageCache(str(tmp_path / "cache"), size=32, apply_voi=True, workers=1),
+        images=XrayImageCache(str(tmp_path / "cache"), size=32, apply_voi=True,
+            no_window="percentile", percentiles=[0.5, 99.5], workers=1),
     )
 
 

@@ -235,7 +235,7 @@ def test_answer_file_runs_the_stored_ecg_pipeline_like_the_dataset(stage, traine
 def test_answer_file_decodes_a_radiograph_like_the_dataset(trained, tmp_path):
     cfg, ckpt_path = trained("xray")
     predictor = load_exported(export_checkpoint(ckpt_path, tmp_path / "export"))
-    assert predictor.config["xray_images"] == {"size": 32, "apply_voi": True}
+    assert predictor.config["xray_images"] == {"size": 32, "apply_voi": True, "no_window": "full_range", "percentiles": [0.5, 99.5]}
     assert predictor.config["encoder"]["kwargs"]["pretrained"] is False
     assert predictor.config["num_tokens"] == 16 and predictor.model.encoders["xray"].num_tokens == 4
     run = training_side(cfg, ckpt_path)

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import huggingface_hub
@@ -60,3 +67,52 @@ def test_converted_checkpoint_matches_the_gguf_exactly(tmp_path, monkeypatch):
     with torch.no_grad():
         torch.testing.assert_close(converted(ids).logits, direct(ids).logits, rtol=0, atol=0)
     assert sum(p.numel() for p in converted.parameters()) == 134_515_008
+
+
+# Resolves the nano LLM into an empty cache; the two racers first wait for each other (marker files),
+# so both find the cache empty. Prints the folder and a sha256 of each file as it found them.
+RACER = """
+import hashlib, json, logging, os, sys, time
+from pathlib import Path
+os.umask(0o002)
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+from mmmed.llm import resolve_checkpoint
+
+source, ready, me = json.loads(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+(ready / me).touch()
+deadline = time.monotonic() + 240  # hang guard only
+while len(list(ready.iterdir())) < 2:
+    if time.monotonic() > deadline:
+        raise TimeoutError("the other racer never started")
+    time.sleep(0.01)
+folder = Path(resolve_checkpoint(**source))
+files = {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest()
+         for f in sorted(folder.rglob("*")) if f.is_file()}
+print(json.dumps({"folder": str(folder), "files": files}))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_converting_the_gguf_at_once_share_one_readable_conversion(tmp_path):
+    # Two real conversions would each take ~15 s and ~1.5 GB; the lock makes it one.
+    source = {**NANO_SOURCE, "cache_dir": str(tmp_path / "llm")}
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(RACER), json.dumps(source), str(ready), me],
+                              cwd=Path(__file__).resolve().parents[2], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for me in ("a", "b")]
+    outputs = [proc.communicate(timeout=600) for proc in procs]  # hang guard; a conversion takes ~15 s
+    for proc, (_, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err
+    reports = [json.loads(out) for out, _ in outputs]
+    assert reports[0] == reports[1]  # the same folder, with the same bytes, seen by both
+    folder = Path(reports[0]["folder"])
+    assert folder.parent == tmp_path / "llm" and "config.json" in reports[0]["files"]
+    assert reports[0]["files"] == {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest()
+                                   for f in sorted(folder.rglob("*")) if f.is_file()}
+    assert sum(err.count("Converting SmolLM2-135M-Instruct.Q4_1.gguf") for _, err in outputs) == 1  # converted once
+    # umask 002: the group sharing the cache can read the checkpoint (tempfile.mkdtemp alone gives 0700)
+    modes = {str(f.relative_to(folder)): stat.S_IMODE(f.stat().st_mode) for f in [folder, *folder.rglob("*")]}
+    assert modes == {".": 0o775, **{name: 0o664 for name in reports[0]["files"]}}
+    assert sorted(f.name for f in folder.parent.iterdir()) == [folder.name, folder.name + ".lock"]

@@ -1,0 +1,166 @@
+"""AtomicCheckpointIO: whole files only, a sha256 that ``sha256sum -c`` accepts, failed writes that change
+nothing, damaged checkpoints caught before a resume."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import resource
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from mmmed.checkpoint_io import (AtomicCheckpointIO, CheckpointSaveError, CorruptCheckpointError, checksum_path,
+                                 describe_os_error, verified_resume, verify_checkpoint)
+
+
+def _checkpoint(step: int, numel: int = 1000) -> dict:
+    generator = torch.Generator().manual_seed(step)
+    return {"global_step": step, "state_dict": {"w": torch.randn(numel, generator=generator)}}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name)
+
+
+def test_save_writes_the_whole_file_and_a_checksum_sha256sum_accepts(tmp_path):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint(_checkpoint(1), path)
+    io.save_checkpoint(_checkpoint(2), path)  # an overwrite: the sidecar must end listing the new file only
+    assert checksum_path(path).read_text() == f"{_sha256(path)}  last.ckpt\n"
+    assert _leftovers(path.parent) == []
+    if shutil.which("sha256sum"):  # coreutils reads the sidecar as its own format
+        subprocess.run(["sha256sum", "--check", "--strict", "last.ckpt.sha256"], cwd=path.parent, check=True,
+                       capture_output=True)
+    loaded = io.load_checkpoint(path, weights_only=True)
+    assert loaded["global_step"] == 2 and torch.equal(loaded["state_dict"]["w"], _checkpoint(2)["state_dict"]["w"])
+
+
+@pytest.fixture
+def file_size_limit():
+    """Set RLIMIT_FSIZE for this process (unprivileged): larger writes fail with EFBIG, as on a full disk."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel's SIGXFSZ ends the process
+
+    def limit(max_bytes: int) -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, hard))
+
+    yield limit
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    signal.signal(signal.SIGXFSZ, previous)
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint_intact_and_says_where_to_resume(tmp_path, file_size_limit):
+    io = AtomicCheckpointIO()
+    last, older = tmp_path / "last.ckpt", tmp_path / "s1.ckpt"
+    io.save_checkpoint(_checkpoint(1, numel=100), older)
+    io.save_checkpoint(_checkpoint(2, numel=100), last)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    small = last.stat().st_size  # ~1.6 kB; the next checkpoint is ~400 kB (100,000 float32)
+    file_size_limit(small + 10_000)
+    with pytest.raises(CheckpointSaveError) as failed:
+        io.save_checkpoint(_checkpoint(3, numel=100_000), last)
+    assert failed.value.errno == errno.EFBIG
+    assert f"file too large (EFBIG) while saving checkpoint {last}; the previous checkpoint {last} is intact; " \
+           f"free space and resume with ckpt_path={last}" in str(failed.value)
+    # A new file name: the message points at the newest valid checkpoint beside it (step 2).
+    with pytest.raises(CheckpointSaveError, match=rf"saving checkpoint {tmp_path / 's3.ckpt'}; the previous "
+                                                  rf"checkpoint {last} is intact"):
+        io.save_checkpoint(_checkpoint(3, numel=100_000), tmp_path / "s3.ckpt")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing changed, no temp files
+    verify_checkpoint(last)
+
+
+def test_a_full_disk_is_called_a_full_disk():
+    assert describe_os_error(OSError(errno.ENOSPC, "No space left on device")) == "disk full (ENOSPC)"
+    assert describe_os_error(OSError(errno.EIO, "Input/output error")) == "input/output error (EIO)"
+
+
+def test_truncated_or_altered_checkpoints_are_refused_by_name(tmp_path):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint(_checkpoint(1), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptCheckpointError, match=rf"checkpoint {path} is corrupt: .* truncated or altered"):
+        io.load_checkpoint(path)
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x01  # one bit, same size: only the checksum can tell
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(CorruptCheckpointError, match="is corrupt"):
+        verify_checkpoint(path)
+    checksum_path(path).unlink()  # written elsewhere, no sidecar: a truncated file still fails to load
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptCheckpointError, match=rf"checkpoint {path} cannot be read .* no \.sha256 file"):
+        verify_checkpoint(path)
+
+
+def test_a_kill_between_the_two_renames_leaves_a_valid_checkpoint(tmp_path):
+    """Step 2 of a save lists the new and the old digest; a kill before the rename leaves the old file."""
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint(_checkpoint(1), path)
+    old = _sha256(path)
+    new = hashlib.sha256(b"the next checkpoint, never renamed into place").hexdigest()
+    checksum_path(path).write_text(f"{new}  last.ckpt\n{old}  last.ckpt\n")
+    verify_checkpoint(path)
+    io.save_checkpoint(_checkpoint(2), path)  # the next save ends with one line again
+    assert checksum_path(path).read_text() == f"{_sha256(path)}  last.ckpt\n"
+
+
+def test_resume_from_a_corrupt_checkpoint_errors_or_takes_the_newest_valid_one(tmp_path, caplog):
+    io = AtomicCheckpointIO()
+    for step in (1, 2, 3):
+        io.save_checkpoint(_checkpoint(step), tmp_path / f"s{step}.ckpt")
+    io.save_checkpoint(_checkpoint(3), tmp_path / "last.ckpt")
+    last = tmp_path / "last.ckpt"
+    assert verified_resume(str(last), "error") == str(last)
+    last.write_bytes(last.read_bytes()[:100])
+    with pytest.raises(CorruptCheckpointError, match=rf"checkpoint {last} is corrupt.*resume_corrupt=previous"):
+        verified_resume(str(last), "error")
+    assert verified_resume(str(last), "previous") == str(tmp_path / "s3.ckpt")  # same step, intact
+    assert "resuming from" in caplog.text
+    (tmp_path / "s3.ckpt").write_bytes(b"not a checkpoint")
+    assert verified_resume(str(last), "previous") == str(tmp_path / "s2.ckpt")
+    assert verified_resume("hpc", "error") == "hpc" and verified_resume(None, "error") is None  # Lightning's to find
+    with pytest.raises(ValueError, match="resume_corrupt must be 'error' or 'previous'"):
+        verified_resume(str(last), "skip")
+
+
+class _Linear(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1)
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self.layer(batch[0]).pow(2).mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_lightning_writes_every_checkpoint_and_last_ckpt_through_it(tmp_path):
+    """ModelCheckpoint (top-k, save_last) and trainer.save_checkpoint all write through the plugin; the
+    checkpoints top-k removes take their sidecars with them."""
+    saver = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=2, monitor="step", mode="max",
+                            save_last=True, filename="s{step}", auto_insert_metric_name=False)
+    trainer = L.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[saver], plugins=[AtomicCheckpointIO()])
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 4)), batch_size=2)
+    trainer.fit(_Linear(), data)
+    trainer.save_checkpoint(tmp_path / "end.ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"{name}{suffix}" for name in ("s3.ckpt", "s4.ckpt", "last.ckpt", "end.ckpt") for suffix in ("", ".sha256"))
+    for ckpt in tmp_path.glob("*.ckpt"):
+        assert checksum_path(ckpt).read_text() == f"{_sha256(ckpt)}  {ckpt.name}\n"
