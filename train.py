@@ -8,20 +8,16 @@ import time
 from pathlib import Path
 
 import hydra
-import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import save_file
 
-from mmmed import cluster
-from mmmed.build import build_run, parameter_counts
-from mmmed.checkpoint_io import verified_resume
-from mmmed.evaluation import json_safe
+from mmmed.job_sizes import register_resolvers
 from mmmed.preflight import check_train_config
 
+# Only light imports above this line: a bad setting is reported in about a second, before Lightning,
+# torch and transformers load (several seconds); train() imports them after the pre-flight check.
 log = logging.getLogger("mmmed.train")
-cluster.register_resolvers()  # conf/hydra/launcher/slurm.yaml sizes jobs with them
+register_resolvers()  # conf/hydra/launcher/slurm.yaml sizes jobs with them
 
 
 def _instantiate_group(group: DictConfig | None) -> list:
@@ -48,9 +44,16 @@ def untied(state: dict) -> tuple[dict, dict[str, str]]:
 def train(cfg: DictConfig) -> dict:
     """Fit, test the best weights, and write metrics.json and trainable.safetensors; returns the metrics."""
     check_train_config(cfg)  # bad settings fail here, in milliseconds, before the LLM or data load
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from safetensors.torch import save_file
+
+    from mmmed import cluster
+    from mmmed.build import build_run, parameter_counts
+    from mmmed.checkpoint_io import verified_resume
+    from mmmed.evaluation import json_safe
+
     out_dir = Path(cfg.paths.output_dir)
-    if cfg.get("init_from") and cfg.get("ckpt_path"):  # before anything is built or a logger opens a run
-        raise ValueError("init_from starts a new stage from trained weights, ckpt_path resumes a run: choose one")
     L.seed_everything(cfg.seed, workers=True)
     on_cluster = cluster.prepare(cfg, out_dir)  # SLURM requeue + environment; the W&B run id kept in out_dir
     # Checked before minutes of loading: a truncated or altered checkpoint stops here or, with

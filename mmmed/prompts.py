@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from transformers import PreTrainedTokenizerBase
+if TYPE_CHECKING:  # an annotation only: the pre-flight check reads Modality tags without loading transformers
+    from transformers import PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100
 
