@@ -1,7 +1,7 @@
 """Break a training run on purpose and prove it survives: SIGKILL at random steps, a full disk, a kill in the
 middle of a checkpoint write, a corrupt checkpoint, and a NaN gradient.
 
-    python scripts/fault_injection.py --kills 20 --workdir /tmp/mmmed-faults --seed 0
+    python scripts/fault_injection.py --kills 20 [--workdir /tmp/mmmed-faults] [--seed 0]
 
 Every training run is ``python train.py model=tiny ...`` in a process of its own session (a SIGKILL reaches
 only it), at one thread and one seed, so "identical" means bit-identical: ``torch.equal`` for every trained
@@ -39,6 +39,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -407,14 +408,16 @@ def nonfinite(runs: Runs, ref: Reference, report: Report) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=20, help="SIGKILLs in a row, each followed by a resume")
-    parser.add_argument("--workdir", type=Path, required=True, help="where the runs go (emptied first)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="where the runs go; its run folders are replaced (default: a new temporary folder)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the kill moments")
     args = parser.parse_args()
     if args.kills < 1:
         parser.error("--kills must be >= 1")
     from mmmed_datasets.ecg_demo import ensure_demo_ptbxl
 
-    workdir = args.workdir.resolve()
+    workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="mmmed-faults-"))).resolve()
+    print(f"runs in {workdir}", flush=True)
     for name in ("reference", "killed", "disk_full", "mid_save", "corrupt", "nan_stop"):
         shutil.rmtree(workdir / name, ignore_errors=True)
     demo = ensure_demo_ptbxl(workdir / "demo", num_patients=30, records_per_patient=1, seed=0)
