@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import logging
 import os
 from pathlib import Path
@@ -179,6 +178,18 @@ def verified_resume(ckpt_path: str | None, on_corrupt: ResumeCorrupt) -> str | N
         return str(fallback)
 
 
+def _os_error_in(err: BaseException) -> OSError | None:
+    """The OSError behind ``err``: torch.save's zip writer reports a failed write as a RuntimeError raised
+    while it closes the archive, with the OSError (ENOSPC, EFBIG, ...) as its context."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's torch.save checkpoints, written atomically with a sha256 sidecar and verified on load."""
 
@@ -192,20 +203,25 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         for stale in path.parent.glob(f".{path.name}.tmp-*"):  # from a process killed mid-save
             stale.unlink(missing_ok=True)
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)  # before any file is touched: a serialization error changes nothing
-        data = buffer.getbuffer()
-        digest = hashlib.sha256(data).hexdigest()
         sidecar = checksum_path(path)
         old = listed_digests(path) if path.is_file() else None
         temp = _temp_path(path)
         try:
-            _write_durably(temp, data)
+            # Straight into the temporary file, not through memory: a full-stage checkpoint can be as large
+            # as the LLM. Hashed from the file as written (read back from the page cache).
+            with open(temp, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            digest = file_sha256(temp)
             _replace_text(sidecar, "".join(f"{d}  {path.name}\n" for d in [digest, *(old or [])]))
             os.replace(temp, path)  # atomic: when it fails, path is the old file
-        except OSError as err:
+        except BaseException as err:  # the old checkpoint stays as it was, whatever failed
             temp.unlink(missing_ok=True)
-            raise self._save_error(err, path) from err
+            cause = _os_error_in(err)
+            if cause is not None:
+                raise self._save_error(cause, path) from err
+            raise
         fsync_dir(path.parent)
         try:
             _replace_text(sidecar, f"{digest}  {path.name}\n")
