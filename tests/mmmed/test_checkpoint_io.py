@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import resource
 import shutil
-import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -47,37 +46,47 @@ def test_save_writes_the_whole_file_and_a_checksum_sha256sum_accepts(tmp_path):
     assert loaded["global_step"] == 2 and torch.equal(loaded["state_dict"]["w"], _checkpoint(2)["state_dict"]["w"])
 
 
-@pytest.fixture
-def file_size_limit():
-    """Set RLIMIT_FSIZE for this process (unprivileged): larger writes fail with EFBIG, as on a full disk."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel's SIGXFSZ ends the process
+# Saves a checkpoint under a file-size limit in a child process and prints how it failed. The limit
+# (RLIMIT_FSIZE: writes beyond it fail with EFBIG, as on a full disk) must never be set in pytest's own
+# process: it also caps pytest's output file, which then dies with EFBIG itself.
+LIMITED_SAVE = """
+import resource, signal, sys, torch
+from mmmed.checkpoint_io import AtomicCheckpointIO, CheckpointSaveError
+limit, path = int(sys.argv[1]), sys.argv[2]
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel's SIGXFSZ ends the process
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+state = {"global_step": 3, "state_dict": {"w": torch.randn(100_000, generator=torch.Generator().manual_seed(3))}}
+try:
+    AtomicCheckpointIO().save_checkpoint(state, path)
+except CheckpointSaveError as err:
+    print(err.errno)
+    print(err)
+"""
 
-    def limit(max_bytes: int) -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, hard))
 
-    yield limit
-    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-    signal.signal(signal.SIGXFSZ, previous)
+def _save_with_file_size_limit(limit: int, path: Path) -> tuple[int, str]:
+    """(errno, message) of a ~400 kB save to ``path`` in a child process whose files may not exceed ``limit``."""
+    proc = subprocess.run([sys.executable, "-c", LIMITED_SAVE, str(limit), str(path)], capture_output=True,
+                          text=True, timeout=300, cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, message = proc.stdout.strip().split("\n", 1)
+    return int(code), message
 
 
-def test_a_failed_write_leaves_the_previous_checkpoint_intact_and_says_where_to_resume(tmp_path, file_size_limit):
+def test_a_failed_write_leaves_the_previous_checkpoint_intact_and_says_where_to_resume(tmp_path):
     io = AtomicCheckpointIO()
     last, older = tmp_path / "last.ckpt", tmp_path / "s1.ckpt"
     io.save_checkpoint(_checkpoint(1, numel=100), older)
     io.save_checkpoint(_checkpoint(2, numel=100), last)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     small = last.stat().st_size  # ~1.6 kB; the next checkpoint is ~400 kB (100,000 float32)
-    file_size_limit(small + 10_000)
-    with pytest.raises(CheckpointSaveError) as failed:
-        io.save_checkpoint(_checkpoint(3, numel=100_000), last)
-    assert failed.value.errno == errno.EFBIG
+    code, message = _save_with_file_size_limit(small + 10_000, last)
+    assert code == errno.EFBIG
     assert f"file too large (EFBIG) while saving checkpoint {last}; the previous checkpoint {last} is intact; " \
-           f"free space and resume with ckpt_path={last}" in str(failed.value)
+           f"free space and resume with ckpt_path={last}" in message
     # A new file name: the message points at the newest valid checkpoint beside it (step 2).
-    with pytest.raises(CheckpointSaveError, match=rf"saving checkpoint {tmp_path / 's3.ckpt'}; the previous "
-                                                  rf"checkpoint {last} is intact"):
-        io.save_checkpoint(_checkpoint(3, numel=100_000), tmp_path / "s3.ckpt")
+    _, message = _save_with_file_size_limit(small + 10_000, tmp_path / "s3.ckpt")
+    assert f"saving checkpoint {tmp_path / 's3.ckpt'}; the previous checkpoint {last} is intact" in message
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing changed, no temp files
     verify_checkpoint(last)
 
