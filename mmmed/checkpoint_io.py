@@ -3,12 +3,16 @@
 How a checkpoint ``X.ckpt`` is written (:class:`AtomicCheckpointIO`, the Trainer's CheckpointIO plugin,
 ``conf/trainer/default.yaml``):
 
-1. serialized in memory (as Lightning's own ``_atomic_save`` does), then written to ``.X.ckpt.tmp-<pid>`` in
-   the same folder and fsynced;
-2. ``X.ckpt.sha256`` is replaced (atomically) by one listing the new digest *and* the old file's, so a crash
-   between the next two renames leaves a file whose digest is listed;
+1. serialized straight into ``.checksums/X.ckpt.tmp-<pid>`` (on the same file system) and fsynced;
+2. ``.checksums/X.ckpt.sha256`` is replaced (atomically) by one listing the new digest *and* the old file's, so
+   a crash between the next two renames leaves a file whose digest is listed;
 3. ``os.replace`` puts the new file in place (atomic on POSIX) and the folder is fsynced;
-4. ``X.ckpt.sha256`` is replaced by the new digest alone: ``<hex>  X.ckpt``, the format ``sha256sum -c`` reads.
+4. the sidecar is replaced by the new digest alone: ``<hex>  X.ckpt``, the format ``sha256sum -c`` reads (run
+   ``sha256sum -c .checksums/X.ckpt.sha256`` in the checkpoint folder).
+
+Sidecars and temporary files live in the hidden ``.checksums/`` folder, not beside the checkpoints: Lightning
+finds a requeued SLURM job's newest ``hpc_ckpt_<n>.ckpt`` by stripping every non-digit from each name in the
+folder that contains ``ckpt_``, so ``hpc_ckpt_1.ckpt.sha256`` would read as checkpoint number 1256.
 
 A SIGKILL at any moment leaves either the old or the new checkpoint, each with its digest listed. A write that
 fails (disk full, quota, I/O error, file-size limit) removes its temp file, leaves the previous checkpoint as
@@ -33,6 +37,7 @@ from mmmed.atomic_files import fsync_dir
 log = logging.getLogger(__name__)
 
 CHECKSUM_SUFFIX = ".sha256"
+CHECKSUM_DIR = ".checksums"  # beside the checkpoints; its name must not contain "ckpt_" (module docstring)
 CHUNK_BYTES = 16 * 2**20  # write and hash in 16 MiB pieces: a full disk shows up on the first failing piece
 ResumeCorrupt = Literal["error", "previous"]
 
@@ -46,13 +51,17 @@ class CorruptCheckpointError(RuntimeError):
 
 
 def checksum_path(path: _PATH) -> Path:
-    """The sidecar holding ``path``'s sha256 (``<name>.ckpt.sha256``, beside the file a symlink points to)."""
+    """The sidecar holding ``path``'s sha256: ``.checksums/<name>.ckpt.sha256`` in the folder of the file a
+    symlink points to."""
     real = Path(os.path.realpath(path))
-    return real.with_name(real.name + CHECKSUM_SUFFIX)
+    return real.parent / CHECKSUM_DIR / (real.name + CHECKSUM_SUFFIX)
 
 
 def _temp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """A temporary name for ``path``'s next version, in the hidden folder (created) on the same file system."""
+    folder = path.parent if path.parent.name == CHECKSUM_DIR else path.parent / CHECKSUM_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{path.name}.tmp-{os.getpid()}"
 
 
 def file_sha256(path: _PATH) -> str:
@@ -201,7 +210,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if path.is_symlink():  # ModelCheckpoint(save_last="link") left one: replace the link, not its target
             path.unlink()
         path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in path.parent.glob(f".{path.name}.tmp-*"):  # from a process killed mid-save
+        for stale in (path.parent / CHECKSUM_DIR).glob(f"{path.name}.tmp-*"):  # from a process killed mid-save
             stale.unlink(missing_ok=True)
         sidecar = checksum_path(path)
         old = listed_digests(path) if path.is_file() else None

@@ -50,7 +50,7 @@ from safetensors import safe_open
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: mmmed and mmmed_datasets come from this checkout
-from mmmed.checkpoint_io import checksum_path, checkpoint_step, file_sha256, verify_checkpoint  # noqa: E402
+from mmmed.checkpoint_io import CHECKSUM_DIR, checksum_path, checkpoint_step, file_sha256, verify_checkpoint  # noqa: E402
 
 POISON_STEP = 4      # the optimizer step whose gradient PoisonGradient makes NaN
 DISK_FULL_FROM = 5   # the disk-full case resumes from this step's checkpoint
@@ -230,6 +230,7 @@ class Reference:
         """Put the reference's checkpoint of ``step`` (and its checksum) at ``target``."""
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self.by_step[step], target)
+        checksum_path(target).parent.mkdir(exist_ok=True)
         checksum_path(target).write_text(f"{file_sha256(target)}  {target.name}\n")
         return target
 
@@ -261,7 +262,7 @@ def newest_step(folder: Path, cache: dict) -> int:
 
 
 def temp_files(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.glob(".*.tmp-*")) if folder.is_dir() else []
+    return sorted(p.name for p in folder.rglob("*.tmp-*")) if folder.is_dir() else []
 
 
 def kill_cycles(runs: Runs, ref: Reference, kills: int, rng: random.Random, report: Report) -> None:
@@ -334,7 +335,8 @@ def disk_full(runs: Runs, ref: Reference, report: Report) -> None:
                  f"disk full (simulated by RLIMIT_FSIZE={limit:,} bytes: EFBIG, the OSError path ENOSPC takes): "
                  f"the run stopped saying '{expected.split(';')[0]}; the previous checkpoint ... is intact'")
     report.check(last.read_bytes() == before and not temp_files(last.parent) and
-                 sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt", "last.ckpt.sha256"],
+                 sorted(p.name for p in last.parent.iterdir()) == [".checksums", "last.ckpt"] and
+                 [p.name for p in checksum_path(last).parent.iterdir()] == ["last.ckpt.sha256"],
                  "disk full: last.ckpt unchanged byte for byte, no temp or partial files left")
     code, _ = runs.run("disk_full", f"ckpt_path={last}")
     diffs = end_differences(run, ref.run) if code == 0 else ["exit code"]
@@ -348,7 +350,7 @@ def crash_mid_save(runs: Runs, ref: Reference, report: Report) -> None:
     start = ref.copy(MID_SAVE_STEP - 2, run / "resume_from.ckpt")
     proc = runs.start("mid_save", f"ckpt_path={start}",
                       f"+callbacks.ballast={{_target_:fault_injection.Ballast,step:{MID_SAVE_STEP},mebibytes:{BALLAST_MIB}}}")
-    partial = folder / f".s{MID_SAVE_STEP:05d}.ckpt.tmp-{proc.pid}"
+    partial = folder / CHECKSUM_DIR / f"s{MID_SAVE_STEP:05d}.ckpt.tmp-{proc.pid}"
     alive = wait_until(proc, lambda: partial.is_file() and partial.stat().st_size > 2**20, f"{partial.name} to grow")
     kill(proc)
     size = partial.stat().st_size if partial.is_file() else 0

@@ -29,7 +29,7 @@ def _sha256(path: Path) -> str:
 
 
 def _leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name)
+    return sorted(p.name for p in folder.rglob("*.tmp-*"))
 
 
 def test_save_writes_the_whole_file_and_a_checksum_sha256sum_accepts(tmp_path):
@@ -40,7 +40,7 @@ def test_save_writes_the_whole_file_and_a_checksum_sha256sum_accepts(tmp_path):
     assert checksum_path(path).read_text() == f"{_sha256(path)}  last.ckpt\n"
     assert _leftovers(path.parent) == []
     if shutil.which("sha256sum"):  # coreutils reads the sidecar as its own format
-        subprocess.run(["sha256sum", "--check", "--strict", "last.ckpt.sha256"], cwd=path.parent, check=True,
+        subprocess.run(["sha256sum", "--check", "--strict", ".checksums/last.ckpt.sha256"], cwd=path.parent, check=True,
                        capture_output=True)
     loaded = io.load_checkpoint(path, weights_only=True)
     assert loaded["global_step"] == 2 and torch.equal(loaded["state_dict"]["w"], _checkpoint(2)["state_dict"]["w"])
@@ -78,7 +78,7 @@ def test_a_failed_write_leaves_the_previous_checkpoint_intact_and_says_where_to_
     last, older = tmp_path / "last.ckpt", tmp_path / "s1.ckpt"
     io.save_checkpoint(_checkpoint(1, numel=100), older)
     io.save_checkpoint(_checkpoint(2, numel=100), last)
-    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    before = {str(p.relative_to(tmp_path)): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     small = last.stat().st_size  # ~1.6 kB; the next checkpoint is ~400 kB (100,000 float32)
     code, message = _save_with_file_size_limit(small + 10_000, last)
     assert code == errno.EFBIG
@@ -87,7 +87,7 @@ def test_a_failed_write_leaves_the_previous_checkpoint_intact_and_says_where_to_
     # A new file name: the message points at the newest valid checkpoint beside it (step 2).
     _, message = _save_with_file_size_limit(small + 10_000, tmp_path / "s3.ckpt")
     assert f"saving checkpoint {tmp_path / 's3.ckpt'}; the previous checkpoint {last} is intact" in message
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing changed, no temp files
+    assert {str(p.relative_to(tmp_path)): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # nothing changed, no temp files
     verify_checkpoint(last)
 
 
@@ -159,6 +159,18 @@ class _Linear(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
+def test_hpc_checkpoint_numbering_ignores_sidecars(tmp_path):
+    """Lightning numbers a requeued SLURM job's checkpoints by the digits of every name holding "ckpt_" in the
+    folder: a sidecar beside hpc_ckpt_1.ckpt would make it look for hpc_ckpt_1256.ckpt."""
+    from lightning.pytorch.trainer.connectors.checkpoint_connector import _CheckpointConnector
+
+    io = AtomicCheckpointIO()
+    io.save_checkpoint(_checkpoint(1), tmp_path / "hpc_ckpt_1.ckpt")
+    assert _CheckpointConnector.hpc_save_path(tmp_path) == str(tmp_path / "hpc_ckpt_2.ckpt")
+    io.save_checkpoint(_checkpoint(2), tmp_path / "hpc_ckpt_2.ckpt")
+    assert _CheckpointConnector.hpc_save_path(tmp_path) == str(tmp_path / "hpc_ckpt_3.ckpt")
+
+
 def test_lightning_writes_every_checkpoint_and_last_ckpt_through_it(tmp_path):
     """ModelCheckpoint (top-k, save_last) and trainer.save_checkpoint all write through the plugin; the
     checkpoints top-k removes take their sidecars with them."""
@@ -169,7 +181,8 @@ def test_lightning_writes_every_checkpoint_and_last_ckpt_through_it(tmp_path):
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 4)), batch_size=2)
     trainer.fit(_Linear(), data)
     trainer.save_checkpoint(tmp_path / "end.ckpt")
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        f"{name}{suffix}" for name in ("s3.ckpt", "s4.ckpt", "last.ckpt", "end.ckpt") for suffix in ("", ".sha256"))
+    names = ("s3.ckpt", "s4.ckpt", "last.ckpt", "end.ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*names, ".checksums"])
+    assert sorted(p.name for p in (tmp_path / ".checksums").iterdir()) == sorted(f"{n}.sha256" for n in names)
     for ckpt in tmp_path.glob("*.ckpt"):
         assert checksum_path(ckpt).read_text() == f"{_sha256(ckpt)}  {ckpt.name}\n"
