@@ -35,8 +35,10 @@ def data_config(cfg: DictConfig, predictor: MultimodalPredictor) -> DictConfig:
     model = predictor.config
     with open_dict(cfg):
         if cfg.get("ecg_signal") is not None and model.get("ecg_preprocessing"):
+            from mmmed_datasets.ecg_preprocess import LEGACY_LEAD_SETTINGS
+
             cfg.ecg_signal.preprocessing = {"_target_": "mmmed_datasets.ecg_preprocess.ECGPreprocessing",
-                                            **model["ecg_preprocessing"]}
+                                            **LEGACY_LEAD_SETTINGS, **model["ecg_preprocessing"]}
         cfg.encoder = {"modality": model["modality"], "net": model["encoder"]["kwargs"]}  # e.g. ${encoder.net.img_size}
         if cfg.get("data") is None:
             run_config = predictor.run_config

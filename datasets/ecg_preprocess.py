@@ -57,6 +57,17 @@ def read_raw_ecg(path: str | Path) -> RawECG:
     return read_wfdb(path)
 
 
+# What a checkpoint written before ``lead_aliases`` and ``min_real_leads`` existed (PREPARE_VERSION 1) gets:
+# no aliases (it matched stored names only) and at least one real lead (it would have read a record with none
+# as twelve masked zero leads, the silent failure those settings end).
+LEGACY_LEAD_SETTINGS = {"lead_aliases": {}, "min_real_leads": 1}
+
+
+def saved_preprocessing(saved: dict) -> "ECGPreprocessing":
+    """The pipeline a checkpoint recorded (``ecg_preprocessing``), older checkpoints included."""
+    return ECGPreprocessing(**{**LEGACY_LEAD_SETTINGS, **saved})
+
+
 @dataclass
 class PreparedECG:
     """A record after steps 1-6."""

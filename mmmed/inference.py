@@ -178,9 +178,9 @@ class MultimodalPredictor:
         raise ValueError(f"{CONFIG_NAME} stores no file pipeline for {settings['modality']}; pass signals to answer()")
 
     def _ecg_pipeline(self):
-        from mmmed_datasets.ecg_preprocess import ECGPreprocessing
+        from mmmed_datasets.ecg_preprocess import saved_preprocessing
 
-        return ECGPreprocessing(**self.config["ecg_preprocessing"])
+        return saved_preprocessing(self.config["ecg_preprocessing"])
 
     def predict_files(self, questions: list[str], paths: list[str | Path], settings: GenerationSettings | None = None,
                       options: list[list[str] | None] | None = None, batch_size: int = 16,

@@ -272,3 +272,12 @@ def test_settings_key_changes_with_every_prepare_setting(change):
 )
 def test_settings_key_ignores_per_item_settings(change):
     assert pipeline(**change).settings_key() == pipeline().settings_key()
+
+
+def test_a_checkpoint_from_before_lead_aliases_restores_its_pipeline(tmp_path):
+    """Checkpoints store ``ecg_preprocessing``; one written before lead_aliases/min_real_leads existed lacks them."""
+    old = {k: v for k, v in SETTINGS.items() if k not in ("lead_aliases", "min_real_leads")}
+    restored = ecg_preprocess.saved_preprocessing(old)
+    assert restored.prepare_settings() == pipeline(lead_aliases={}, min_real_leads=1).prepare_settings()
+    path = write(tmp_path / "rec", hummed_signal(600, 250), 250)
+    np.testing.assert_array_equal(restored.prepare(path).signal, pipeline().prepare(path).signal)
