@@ -59,7 +59,7 @@ def predict(cfg: DictConfig, predictor: MultimodalPredictor | None = None) -> li
     else:
         question = cfg.question or predictor.config.get("question")
         if not question:
-            raise ValueError("this model was trained on questions from a file: pass question=\"<tag> ...\"")
+            raise ValueError("this model was trained on questions from a file: pass question=\"...\" (tags optional)")
         options = list(cfg.options) if cfg.options else None
         rows = [{"input": str(cfg.input), "question": question, "options": options, "reference": cfg.reference}]
     results = predictor.predict_files([r["question"] for r in rows], [r["input"] for r in rows], settings,

@@ -15,6 +15,9 @@ order, through a configurable template (``{question}`` is ECG-QA's question text
   single_template:     "<ecg>\\n{question}"
   comparison_template: "First ECG: <ecg>\\nSecond ECG: <ecg>\\n{question}"
 
+A template without any ``<ecg>`` tag is accepted too: the ChatFormatter then puts every ECG's tag first,
+each on its own line, in ``ecg_id`` order (mmmed/prompts.py).
+
 The answer is ECG-QA's answer list joined with ``", "`` in the given order; ECG-QA scores exact match
 of the answer set, which ``mmmed.metrics.exact_match`` computes (it compares comma-separated item
 sets, so the order does not matter; an option that itself contains commas, such as "bigeminal
@@ -69,9 +72,10 @@ def selected_types(prefixes: list[str] | None) -> tuple[str, ...]:
 
 
 def check_template(template: str, ecgs: int, name: str) -> None:
-    """A question template holds ``{question}`` once and exactly one ``<ecg>`` tag per ECG."""
-    if template.count("{question}") != 1 or template.count(TAG) != ecgs:
-        raise ValueError(f"{name} must contain '{{question}}' once and {TAG} {ecgs} time(s), got {template!r}")
+    """A question template holds ``{question}`` once and one ``<ecg>`` tag per ECG, or none (ECGs go first)."""
+    if template.count("{question}") != 1 or template.count(TAG) not in (0, ecgs):
+        raise ValueError(f"{name} must contain '{{question}}' once and {TAG} {ecgs} time(s) (or not at all: "
+                         f"the ECGs then go first), got {template!r}")
 
 
 def load_qa_file(path: Path) -> list[dict]:

@@ -102,7 +102,8 @@ def _to(signal: Signal, device: torch.device) -> Signal:
 
 
 class MultimodalPredictor:
-    """Answers from a trained model to questions whose ``<ecg>``/``<xray>`` tags mark the signals.
+    """Answers from a trained model to questions whose ``<ecg>``/``<xray>`` tags mark the signals (or,
+    without tags, whose signals go first: mmmed/prompts.py).
 
     Args:
         model: the multimodal model (eval mode).

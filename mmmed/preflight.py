@@ -23,7 +23,7 @@ Check = Callable[[DictConfig], list[str]]
 # ckpt_path values Lightning resolves itself (trainer.fit(ckpt_path=...)); not files. As mmmed/checkpoint_io.py
 # verified_resume passes them through.
 LIGHTNING_CKPT_NAMES = ("last", "hpc", "best")
-# Question templates in data.dataset that must carry the encoder's tag (conf/data/*.yaml).
+# Question templates in data.dataset whose tags must be the encoder's, if any (conf/data/*.yaml).
 TEMPLATE_KEYS = ("question", "single_template", "comparison_template")
 HALF_DTYPES = ("bfloat16", "float16")
 
@@ -217,20 +217,23 @@ def check_ecg_leads(cfg: DictConfig) -> list[str]:
 
 
 def check_question_tags(cfg: DictConfig) -> list[str]:
-    """Each question template in ``data.dataset`` carries the encoder's modality tag (``<ecg>``, ``<xray>``)."""
+    """No question template in ``data.dataset`` names a modality other than the encoder's (``<xray>`` for an ECG
+    encoder); an untagged template is fine: the ChatFormatter puts the signals first (mmmed/prompts.py)."""
     modality = _value(cfg, "encoder.modality")
     dataset = cfg.data.get("dataset") or {}
     if modality is None:
         return ["encoder.modality is not set: the encoder config must name its modality (ecg, xray)."]
-    from mmmed.prompts import Modality
+    from mmmed.prompts import TAG_SHAPE, Modality
 
-    tag = Modality(str(modality), 1).tag  # the tag the ChatFormatter expands (mmmed/prompts.py)
+    tag = Modality(str(modality), 1).tag  # the tag the ChatFormatter expands
     problems = []
     for key in TEMPLATE_KEYS:
         template = dataset.get(key)
-        if template is not None and tag not in str(template):
-            problems.append(f"data.dataset.{key}={str(template)!r} has no '{tag}' tag (encoder.modality={modality}): "
-                            f"put '{tag}' where the signal belongs, or choose a data config for this modality.")
+        strangers = sorted(set(TAG_SHAPE.findall(str(template))) - {tag}) if template is not None else []
+        if strangers:
+            problems.append(f"data.dataset.{key}={str(template)!r} has tag(s) {', '.join(strangers)} but "
+                            f"encoder.modality={modality} reads '{tag}': write '{tag}' where the signal belongs "
+                            f"(or no tag: the signal then goes first), or choose a data config for this modality.")
     return problems
 
 

@@ -1,6 +1,15 @@
 """Turn (question, answer) pairs with modality tags into chat-templated token ids and label masks.
 
-A question carries a tag such as ``<ecg>`` where the signal belongs, anywhere in the user turn.
+Where the signals go (one rule for training, evaluation and prediction: all use ChatFormatter):
+
+* A question with tags (``<ecg>``, ``<xray>``) places each signal at its tag, anywhere in the user
+  turn; it must carry exactly one tag per signal of each modality, or it is an error.
+* A question without any tag gets one tag per signal placed before its text, each followed by a
+  newline, as LLaVA places ``<image>\n``: modalities in the order the formatter was given them, and
+  within a modality the sample's signal order. ``"What rhythm?"`` with one ECG is therefore exactly
+  ``"<ecg>\nWhat rhythm?"``; with two it is ``"<ecg>\n<ecg>\nWhat rhythm?"``.
+* A tag-shaped word naming no modality of the formatter (``<xray>`` to an ECG model) is an error, not text.
+
 Each tag is expanded into ``num_tokens`` copies of one special placeholder token (``<|ecg_pad|>``);
 the model later scatters the encoder's tokens into exactly those positions. The loss covers only
 the assistant's answer and its end-of-turn token.
@@ -16,6 +25,7 @@ if TYPE_CHECKING:  # an annotation only: the pre-flight check reads Modality tag
     from transformers import PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100
+TAG_SHAPE = re.compile(r"<[A-Za-z][A-Za-z0-9_]*>")  # what Modality.tag looks like, whatever the name
 
 
 @dataclass(frozen=True)
@@ -47,7 +57,10 @@ class EncodedSample:
 
 
 class ChatFormatter:
-    """Chat-templates samples for one tokenizer and a fixed set of modalities."""
+    """Chat-templates samples for one tokenizer and a fixed set of modalities.
+
+    ``modalities`` is ordered: an untagged question gets its signals' tags in that order (module docstring).
+    """
 
     def __init__(
         self,
@@ -69,11 +82,21 @@ class ChatFormatter:
         self._tag_pattern = re.compile("|".join(re.escape(m.tag) for m in modalities))
 
     def _expand_tags(self, question: str, signal_counts: dict[str, int]) -> str:
-        """Replace each tag by its placeholder run; the tags must match the signals given."""
+        """Replace each tag by its placeholder run; tags must match the signals given, or be absent
+        (then every signal's tag goes first, each on its own line, in ``modalities`` order)."""
         unknown = set(signal_counts) - set(self.modalities)
         if unknown:
             raise ValueError(f"Sample carries signals of unknown modalities {sorted(unknown)}")
+        strangers = sorted(set(TAG_SHAPE.findall(question)) - set(self._by_tag))
+        if strangers:
+            raise ValueError(f"Question has tag(s) {strangers} this model does not read (it reads "
+                             f"{', '.join(self._by_tag)}): {question!r}")
         tags = self._tag_pattern.findall(question)
+        if not tags:
+            # Modalities in the formatter's order; each modality's signals in the sample's order.
+            leading = "".join(f"{m.tag}\n" * signal_counts.get(name, 0) for name, m in self.modalities.items())
+            question = leading + question
+            tags = self._tag_pattern.findall(question)
         for name, modality in self.modalities.items():
             found, expected = tags.count(modality.tag), signal_counts.get(name, 0)
             if found != expected:

@@ -1,11 +1,19 @@
-"""predict.py's manifest reading and argument checks (no model needed)."""
+"""predict.py's manifest reading, argument checks and command-line questions (a 2-step tiny model for the answers)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from hydra.errors import OverrideParseException
 
 import predict as predict_script
+from mmmed.inference import load
+from mmmed_datasets.ecg_demo import ensure_demo_ptbxl
 from tests.conftest import compose_app
+from train import train
+
+PLAIN = "What rhythm does this ECG show?"
 
 
 def test_manifest_paths_are_relative_to_the_csv_and_options_split_at_bars(tmp_path):
@@ -39,3 +47,50 @@ def test_exactly_one_of_input_and_manifest(tmp_path):
         cfg = compose_app("predict", ["ckpt=unused", *overrides], tmp_path, resolve=True)
         with pytest.raises(ValueError, match="exactly one of input"):
             predict_script.predict(cfg)
+
+
+# ---- questions on the command line (the shell has already removed its own quotes) ---------------
+@pytest.mark.parametrize("override, question", [
+    (f"question={PLAIN}", PLAIN),                                       # shell: question="What rhythm ...?"
+    ('question="<ecg> Any ST elevation, or not?"', "<ecg> Any ST elevation, or not?"),  # shell: 'question="<ecg> ..."'
+    ("question='<ecg> What is the rate?'", "<ecg> What is the rate?"),  # shell: question="'<ecg> ...'"
+])
+def test_a_question_with_or_without_a_tag_composes_as_the_readme_says(tmp_path, override, question):
+    assert compose_app("predict", ["ckpt=unused", override], tmp_path, resolve=True).question == question
+
+
+@pytest.mark.parametrize("override", ["question=<ecg> What rhythm?", r"question=\<ecg\> What rhythm?"])
+def test_an_unquoted_or_backslashed_tag_is_a_hydra_grammar_error(tmp_path, override):
+    with pytest.raises(OverrideParseException):
+        compose_app("predict", ["ckpt=unused", override], tmp_path, resolve=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
+    """A 2-step tiny model on the PTB-XL demo (trained on "<ecg>\\nWhat rhythm does this ECG show?") and one record."""
+    out = tmp_path_factory.mktemp("tiny")
+    root = ensure_demo_ptbxl(out / "demo", num_patients=30, records_per_patient=1, seed=0)
+    cfg = compose_app("train", ["model=tiny", "logger=csv", f"data.root={root}", "data.prepare.num_patients=30",
+                                "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
+                                "trainer.limit_test_batches=1", "ecg_signal.preprocessing.seconds=5",
+                                f"ecg_signal.cache.cache_dir={out / 'cache'}"], out / "run", resolve=True)
+    train(cfg)
+    return out / "run", next((root / "records100").rglob("*_lr.hea")).with_suffix("")
+
+
+def test_predict_answers_an_untagged_question_as_the_tagged_one(tiny_run, tmp_path):
+    run, record = tiny_run
+    predictor = load(run)
+    trained = predictor.config["question"]
+    assert trained == "<ecg>\n" + PLAIN  # the data config's question: the untagged one is the same token ids
+    answers = {}
+    for name, override in [("plain", f"question={PLAIN}"), ("tagged", f'question="<ecg> {PLAIN}"'), ("trained", None)]:
+        overrides = [f"ckpt={run}", f"input={record}", "pictures=false", *([override] if override else [])]
+        [written] = predict_script.predict(compose_app("predict", overrides, tmp_path / name, resolve=True), predictor)
+        assert written["question"] == (trained if name == "trained" else override.split("=", 1)[1].strip('"'))
+        assert isinstance(written["answer"], str)
+        answers[name] = written["answer"]
+    assert answers["plain"] == answers["trained"] == predictor.answer(trained, record)
+    wrong = "<ecg> then <ecg>: which is faster?"  # two tags for one ECG: still refused, naming the counts
+    with pytest.raises(ValueError, match=r"2 '<ecg>' tag\(s\) but the sample carries 1 ecg signal\(s\)"):
+        predictor.answer(wrong, record)

@@ -229,11 +229,20 @@ def test_question_type_prefixes_select_samples(qa, ptbxl, types, ids):
     assert all(key.removeprefix("type/").startswith(tuple(types)) for key in ds.stats if key.startswith("type/"))
 
 
+def test_untagged_templates_are_accepted_and_leave_the_ecgs_to_the_formatter(qa, ptbxl):
+    """No tag at all: the question is ECG-QA's text and the ChatFormatter puts the ECGs first (mmmed/prompts.py)."""
+    ds = dataset(qa, ptbxl, single="{question}", comparison="Compare them. {question}")
+    items = [ds[i] for i in range(len(ds))]
+    assert [item["question"] for item in items][:2] == [
+        "Does this ECG show sinus rhythm?", "Compare them. What rhythms of the second ECG are absent in the first ECG?"]
+    assert [len(item["signals"]["ecg"]) for item in items] == [1, 2, 1, 2, 1]
+
+
 def test_question_type_typo_and_bad_templates(qa, ptbxl):
     with pytest.raises(ValueError, match=re.escape("question_types prefix 'single-choice' matches none of ECG-QA's types")):
         dataset(qa, ptbxl, types=["single-choice"])
     with pytest.raises(ValueError, match=re.escape("single_template must contain '{question}' once and <ecg> 1 time(s)")):
-        dataset(qa, ptbxl, single="{question}")
+        dataset(qa, ptbxl, single="<ecg><ecg>\n{question}")
     with pytest.raises(ValueError, match=re.escape("comparison_template must contain '{question}' once and <ecg> 2 time(s)")):
         dataset(qa, ptbxl, comparison="<ecg>\n{question}")
     with pytest.raises(FileNotFoundError, match=re.escape(f"no ECG-QA JSON files in {qa / 'valid'}")):

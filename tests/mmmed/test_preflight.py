@@ -57,6 +57,8 @@ def test_every_data_config_with_an_existing_root_passes(compose, data, tmp_path)
     ["data=ecg_qa_demo"],
     ["trainer.max_steps=-1", "trainer.max_epochs=2"],     # epochs instead of steps
     ["trainer.val_check_interval=0.5"],                   # a fraction of an epoch
+    ["data.dataset.question='What rhythm does this ECG show?'"],  # untagged: the ECG goes first (mmmed/prompts.py)
+    ["data=ecg_qa_demo", "data.dataset.single_template='{question}'", "data.dataset.comparison_template='Compare: {question}'"],
 ])
 def test_shipped_configs_pass(compose, overrides, tmp_path):
     assert problems_of(compose(overrides, tmp_path / "run")) == []
@@ -84,12 +86,14 @@ BAD = {  # id: (overrides, the one problem's exact beginning)
     "leads_list": (["ecg_signal.preprocessing.leads=[I,II,V1]"],
                    "encoder.net.in_leads=12 but ecg_signal.preprocessing.leads lists 3 leads (I, II, V1): "
                    "set encoder.net.in_leads=3"),
-    "question_without_tag": (["data.dataset.question='What rhythm does this ECG show?'"],
-                             "data.dataset.question='What rhythm does this ECG show?' has no '<ecg>' tag"),
+    "xray_tag_for_ecg": (["data.dataset.question='<xray> What rhythm does this ECG show?'"],
+                         "data.dataset.question='<xray> What rhythm does this ECG show?' has tag(s) <xray> but "
+                         "encoder.modality=ecg reads '<ecg>'"),
     "ecg_question_for_xray": (["encoder=xray", "data=ptbxl", "data.root=."],
-                              "data.dataset.question='<ecg>\\nWhat rhythm does this ECG show?' has no '<xray>' tag"),
-    "ecg_qa_template": (["data=ecg_qa_demo", "data.dataset.comparison_template='Compare: {question}'"],
-                        "data.dataset.comparison_template='Compare: {question}' has no '<ecg>' tag"),
+                              "data.dataset.question='<ecg>\\nWhat rhythm does this ECG show?' has tag(s) <ecg> but "
+                              "encoder.modality=xray reads '<xray>'"),
+    "ecg_qa_template": (["data=ecg_qa_demo", "data.dataset.comparison_template='<xray> <ecg> {question}'"],
+                        "data.dataset.comparison_template='<xray> <ecg> {question}' has tag(s) <xray> but"),
     "full_stage_bf16": (["stage=full"], "model.llm.dtype=bfloat16 with stage=full: this stage trains the LLM's own weights"),
     "batch_size_zero": (["data.batch_size=0"], "data.batch_size=0: must be an integer >= 1"),
     "batch_size_negative": (["data.batch_size=-4"], "data.batch_size=-4: must be an integer >= 1"),

@@ -62,8 +62,54 @@ def test_placeholder_id_is_a_single_new_special_token(formatter):
 def test_tag_and_signal_counts_must_agree(formatter):
     with pytest.raises(ValueError, match=r"1 '<ecg>' tag\(s\) but the sample carries 2 ecg signal\(s\)"):
         formatter.encode(QUESTION, ANSWER, {"ecg": 2})
-    with pytest.raises(ValueError, match=r"0 '<ecg>' tag\(s\) but the sample carries 1"):
-        formatter.encode("What rhythm?", ANSWER, {"ecg": 1})
+    with pytest.raises(ValueError, match=r"2 '<ecg>' tag\(s\) but the sample carries 1 ecg signal\(s\)"):
+        formatter.prompt_ids("<ecg> then <ecg>: changed?", {"ecg": 1})
+
+
+# ---- questions without tags: the signals go first, each on its own line ------------------------
+PLAIN = "What rhythm does this ECG show?"
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_an_untagged_question_is_the_question_with_its_tags_written_first(formatter, count):
+    tagged = "<ecg>\n" * count + PLAIN
+    assert formatter.prompt_ids(PLAIN, {"ecg": count}) == formatter.prompt_ids(tagged, {"ecg": count})
+    plain, explicit = formatter.encode(PLAIN, ANSWER, {"ecg": count}), formatter.encode(tagged, ANSWER, {"ecg": count})
+    assert plain == explicit  # training sees exactly what generation sees
+    assert plain.input_ids.count(formatter.placeholder_ids["ecg"]) == 4 * count
+    if count == 1:
+        assert plain.input_ids == formatter.encode(QUESTION, ANSWER, {"ecg": 1}).input_ids  # the shipped PTB-XL question
+
+
+@pytest.mark.parametrize("order", [["ecg", "xray"], ["xray", "ecg"]])
+def test_several_modalities_go_first_in_the_formatters_order(tiny_llm, order):
+    sizes = {"ecg": 4, "xray": 3}
+    two = ChatFormatter(tiny_llm.tokenizer, [Modality(name, sizes[name]) for name in order], SYSTEM, max_length=96)
+    counts = {"xray": 1, "ecg": 2}  # the sample's own key order does not matter
+    tagged = "".join(f"<{name}>\n" * counts[name] for name in order) + PLAIN
+    assert two.prompt_ids(PLAIN, counts) == two.prompt_ids(tagged, counts)
+    ids = two.prompt_ids(PLAIN, counts)
+    runs = [name for name in order for _ in range(counts[name])]
+    name_of = {pid: name for name, pid in two.placeholder_ids.items()}
+    starts = [i for i, t in enumerate(ids) if t in name_of and ids[i - 1] not in name_of]  # each placeholder run
+    assert [name_of[ids[i]] for i in starts] == runs
+
+
+def test_tags_of_one_modality_require_tags_of_all(tiny_llm):
+    two = ChatFormatter(tiny_llm.tokenizer, [Modality("ecg", 4), Modality("xray", 3)], SYSTEM, max_length=96)
+    with pytest.raises(ValueError, match=r"0 '<xray>' tag\(s\) but the sample carries 1 xray signal\(s\)"):
+        two.prompt_ids(QUESTION, {"ecg": 1, "xray": 1})
+
+
+def test_a_tag_the_model_does_not_read_is_an_error_not_text(formatter):
+    with pytest.raises(ValueError, match=r"tag\(s\) \['<xray>'\] this model does not read \(it reads <ecg>\)"):
+        formatter.prompt_ids("<xray>\nAny finding?", {"ecg": 1})
+
+
+def test_an_untagged_question_without_signals_stays_text(formatter):
+    tok = formatter.tokenizer
+    assert tok.decode(formatter.prompt_ids(PLAIN, {})) == tok.apply_chat_template(
+        [{"role": "system", "content": SYSTEM}, {"role": "user", "content": PLAIN}], tokenize=False, add_generation_prompt=True)
 
 
 def test_two_signals_get_two_placeholder_runs(formatter):
