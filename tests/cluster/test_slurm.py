@@ -203,13 +203,18 @@ def test_preempted_sbatch_ddp_job_requeues_itself_and_resumes_exactly(slurm, clu
     assert f"Restoring states from the checkpoint path at {hpc}" in output
     assert "start 2, run dir" in output  # the script's line after the requeue: same job id, same run dir
 
-    # Each start logs its own CSV version: the steps before the checkpoint, then the rest. The last step
-    # before it lacks its train/loss row: Lightning logs a step's training metrics after its callbacks.
-    steps = []
+    # Each start logs its own CSV version: the steps before the checkpoint, then the rest. Lightning logs a
+    # step's training metrics after its callbacks, so a checkpoint written at the step's end precedes the
+    # saved step's train/loss row; a step that validates next is saved after its validation (RequeueOnSignal),
+    # by when the row is written. Which of the two happened depends on when the signal came.
+    rows = []
     for version in ("version_0", "version_1"):
         with open(run / "csv" / version / "metrics.csv") as handle:
-            steps.append([int(r["step"]) for r in csv.DictReader(handle) if r.get("train/loss")])
-    assert steps == [list(range(saved_step - 1)), list(range(saved_step, DDP_STEPS))], steps
+            rows.append(list(csv.DictReader(handle)))
+    steps = [[int(r["step"]) for r in version if r.get("train/loss")] for version in rows]
+    validated = any(r.get("val/loss") and int(r["step"]) == saved_step - 1 for r in rows[0])
+    logged_before = saved_step if validated else saved_step - 1
+    assert steps == [list(range(logged_before)), list(range(saved_step, DDP_STEPS))], (steps, validated)
 
     whole = torch.load(ddp_uninterrupted[0] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     resumed = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
