@@ -87,3 +87,21 @@ def compose_app(config_name: str, overrides: list[str], output_dir: Path, resolv
         OmegaConf.resolve(cfg)
     GlobalHydra.instance().clear()
     return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_ecg_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(run folder, demo root): a 2-step tiny model on the 30-patient PTB-XL demo, trained on
+    "<ecg>\\nWhat rhythm does this ECG show?" with 5 s ECG windows (the default data config says 10 s).
+    Shared by the predict and eval script tests: training it costs ~30-50 s."""
+    from mmmed_datasets.ecg_demo import ensure_demo_ptbxl
+    from train import train
+
+    out = tmp_path_factory.mktemp("tiny_ecg_run")
+    root = ensure_demo_ptbxl(out / "demo", num_patients=30, records_per_patient=1, seed=0)
+    cfg = compose_app("train", ["model=tiny", "logger=csv", f"data.root={root}", "data.prepare.num_patients=30",
+                                "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_test_batches=1",
+                                "ecg_signal.preprocessing.seconds=5", f"ecg_signal.cache.cache_dir={out / 'cache'}"],
+                      out / "run", resolve=True)
+    train(cfg)
+    return out / "run", root

@@ -9,22 +9,13 @@ import pytest
 
 import eval as eval_script
 from mmmed.export import export_checkpoint
-from mmmed_datasets.ecg_demo import ensure_demo_ptbxl
 from tests.conftest import compose_app
-from train import train
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
-    """A 2-step tiny run on the 30-patient demo whose ECG windows are 5 s (the default data config says 10 s)."""
-    out = tmp_path_factory.mktemp("tiny")
-    root = ensure_demo_ptbxl(out / "demo", num_patients=30, records_per_patient=1, seed=0)
-    cfg = compose_app("train", ["model=tiny", "logger=csv", f"data.root={root}", "data.prepare.num_patients=30",
-                                "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_test_batches=1",
-                                "ecg_signal.preprocessing.seconds=5", f"ecg_signal.cache.cache_dir={out / 'cache'}"],
-                      out / "run", resolve=True)
-    train(cfg)
-    return out / "run", root
+@pytest.fixture
+def tiny_run(tiny_ecg_run) -> tuple[Path, Path]:
+    """tests/conftest.py's tiny run: its ECG windows are 5 s (the default data config says 10 s)."""
+    return tiny_ecg_run
 
 
 def test_another_data_config_is_scored_with_the_models_signal_preparation(tiny_run, tmp_path):

@@ -9,9 +9,7 @@ from hydra.errors import OverrideParseException
 
 import predict as predict_script
 from mmmed.inference import load
-from mmmed_datasets.ecg_demo import ensure_demo_ptbxl
 from tests.conftest import compose_app
-from train import train
 
 PLAIN = "What rhythm does this ECG show?"
 
@@ -65,17 +63,11 @@ def test_an_unquoted_or_backslashed_tag_is_a_hydra_grammar_error(tmp_path, overr
         compose_app("predict", ["ckpt=unused", override], tmp_path, resolve=True)
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
-    """A 2-step tiny model on the PTB-XL demo (trained on "<ecg>\\nWhat rhythm does this ECG show?") and one record."""
-    out = tmp_path_factory.mktemp("tiny")
-    root = ensure_demo_ptbxl(out / "demo", num_patients=30, records_per_patient=1, seed=0)
-    cfg = compose_app("train", ["model=tiny", "logger=csv", f"data.root={root}", "data.prepare.num_patients=30",
-                                "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
-                                "trainer.limit_test_batches=1", "ecg_signal.preprocessing.seconds=5",
-                                f"ecg_signal.cache.cache_dir={out / 'cache'}"], out / "run", resolve=True)
-    train(cfg)
-    return out / "run", next((root / "records100").rglob("*_lr.hea")).with_suffix("")
+@pytest.fixture
+def tiny_run(tiny_ecg_run) -> tuple[Path, Path]:
+    """tests/conftest.py's tiny run (trained on "<ecg>\\nWhat rhythm does this ECG show?") and one of its records."""
+    run, root = tiny_ecg_run
+    return run, next((root / "records100").rglob("*_lr.hea")).with_suffix("")
 
 
 def test_predict_answers_an_untagged_question_as_the_tagged_one(tiny_run, tmp_path):
