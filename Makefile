@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mmmed-installed
 
-.PHONY: install demo test bench clean-cache
+.PHONY: install demo demo-patient test bench clean-cache
 
 install: $(STAMP)
 
@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: install
 	$(PY) train.py encoder=ecg
+
+# ECG + chest X-ray + note per patient, one model (conf/experiment/patient_demo.yaml)
+demo-patient: install
+	$(PY) train.py experiment=patient_demo
 
 test: install
 	$(PY) -m pytest

@@ -23,7 +23,6 @@ from mmmed.datamodule import MultimodalDataModule
 from mmmed.evaluation import json_safe, scalar_metrics
 from mmmed.inference import MultimodalPredictor, load
 from mmmed.metrics import CROP_SEPARATOR
-from mmmed.plots import plot_sample
 from mmmed.preflight import check_eval_config
 
 log = logging.getLogger("mmmed.eval")
@@ -31,28 +30,16 @@ SPLITS = ("train", "val", "test")
 
 
 def data_config(cfg: DictConfig, predictor: MultimodalPredictor) -> DictConfig:
-    """The data to score, with the model's own signal preparation wherever the data config refers to it."""
-    model = predictor.config
+    """The data to score, reading files with the model's own modality settings: data configs take their
+    pipelines from ``modalities.<name>`` (conf/data/*.yaml), which here is what the model was trained with."""
     with open_dict(cfg):
-        if cfg.get("ecg_signal") is not None and model.get("ecg_preprocessing"):
-            from mmmed_datasets.ecg_preprocess import LEGACY_LEAD_SETTINGS
-
-            cfg.ecg_signal.preprocessing = {"_target_": "mmmed_datasets.ecg_preprocess.ECGPreprocessing",
-                                            **LEGACY_LEAD_SETTINGS, **model["ecg_preprocessing"]}
-        cfg.encoder = {"modality": model["modality"], "net": model["encoder"]["kwargs"]}  # e.g. ${encoder.net.img_size}
+        cfg.modalities = predictor.config["modalities"]
         if cfg.get("data") is None:
             run_config = predictor.run_config
             if run_config is None:
                 raise ValueError(f"{cfg.ckpt} is an exported model, which does not record its data: pass data=<name> "
                                  f"(a conf/data file) and its settings, e.g. data.root=...")
             cfg.data = run_config["data"]
-        if model.get("xray_images") and cfg.data.dataset.get("images") is not None:
-            from mmmed_datasets.xray_image import decode_settings
-
-            # The image preparation the encoder was trained on (older checkpoints: no no_window knob).
-            saved = model["xray_images"]
-            for key, value in {"size": saved["size"], **decode_settings(saved)}.items():
-                cfg.data.dataset.images[key] = value
     return cfg.data
 
 
@@ -62,7 +49,8 @@ def evaluate(cfg: DictConfig, predictor: MultimodalPredictor | None = None) -> d
     if cfg.split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, not {cfg.split!r}")
     out_dir = Path(cfg.paths.output_dir)
-    predictor = predictor or load(cfg.ckpt, cfg.device, cfg.llm_cache_dir, cfg.trust_remote_code)
+    predictor = predictor or load(cfg.ckpt, cfg.device, cfg.llm_cache_dir, cfg.trust_remote_code,
+                                  tuple(cfg.trusted_modules))
     data_cfg = data_config(cfg, predictor)
     if cfg.split not in data_cfg.splits:
         raise ValueError(f"the data config has no {cfg.split!r} split (it has {sorted(data_cfg.splits)})")
@@ -77,9 +65,9 @@ def evaluate(cfg: DictConfig, predictor: MultimodalPredictor | None = None) -> d
 
     rows = []
     for batch in datamodule.eval_dataloader(cfg.split):
-        modalities = set(batch["signals"])
-        if modalities != {predictor.config["modality"]}:
-            raise ValueError(f"the data holds {sorted(modalities)} signals, the model reads {predictor.config['modality']}")
+        unread = set(batch["signals"]) - set(predictor.plugins)
+        if unread:
+            raise ValueError(f"the data holds {sorted(unread)} signals, the model reads {', '.join(predictor.plugins)}")
         batch = _to_device(batch, predictor.device)
         rows += evaluator.batch_rows(predictor.model, batch)
     summary = evaluator.summarize(rows)
@@ -91,8 +79,10 @@ def evaluate(cfg: DictConfig, predictor: MultimodalPredictor | None = None) -> d
             break
         if CROP_SEPARATOR in row["id"] and not row["id"].endswith(f"{CROP_SEPARATOR}0"):
             continue  # one picture per record
-        row["picture"] = str(plot_sample(dataset.plot_inputs(index), pictures / f"{index:05d}.png",
-                                         question=row["question"], reference=row["reference"], answer=row["answer"]))
+        inputs = dataset.plot_inputs(index)  # {"kind": <modality>, ...}: its plugin draws it
+        row["picture"] = str(predictor.plugins[inputs["kind"]].draw(inputs, pictures / f"{index:05d}.png",
+                                                                      question=row["question"],
+                                                                      reference=row["reference"], answer=row["answer"]))
         pictured += 1
 
     report = {"ckpt": str(cfg.ckpt), "split": cfg.split, "data": data_cfg.dataset._target_,
@@ -135,7 +125,7 @@ def _log_to_loggers(cfg: DictConfig, summary: dict, rows: list[dict]) -> None:
         logger.finalize("success")
 
 
-@hydra.main(config_path="conf", config_name="eval", version_base="1.3")
+@hydra.main(config_path="pkg://mmmed_conf", config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the split's accuracy (for sweepers)."""
     try:

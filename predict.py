@@ -1,4 +1,7 @@
-"""Ask a trained model about an ECG or a chest X-ray: ``python predict.py ckpt=... input=... question=...``.
+"""Ask a trained model about a patient's files: ``python predict.py ckpt=... input=... question=...``.
+
+``input`` is one file (an ECG record, a chest X-ray DICOM, ...) or several joined by ``|`` (one patient
+record: each file goes to the modality plugin that claims it).
 
 One ``input`` prints the answer (and sampled answers, option scores); a ``manifest`` CSV answers many
 and writes JSONL. Either way a picture of each input with the question and answer is saved next to the
@@ -16,8 +19,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from mmmed.generation import GenerationSettings
-from mmmed.inference import MultimodalPredictor, load
-from mmmed.plots import plot_sample
+from mmmed.inference import RECORD_SEPARATOR, MultimodalPredictor, load
 from mmmed.preflight import check_predict_config
 
 log = logging.getLogger("mmmed.predict")
@@ -35,9 +37,9 @@ def read_manifest(path: Path) -> list[dict]:
         for line, row in enumerate(reader, start=2):
             if not (row["input"] or "").strip() or not (row["question"] or "").strip():
                 raise ValueError(f"{path}, line {line}: empty input or question")
-            source = Path(row["input"].strip())
+            files = [Path(part.strip()) for part in row["input"].split(RECORD_SEPARATOR)]  # a record: "a|b"
             options = [o.strip() for o in (row.get("options") or "").split("|") if o.strip()]
-            rows.append({"input": str(source if source.is_absolute() else path.parent / source),
+            rows.append({"input": RECORD_SEPARATOR.join(str(f if f.is_absolute() else path.parent / f) for f in files),
                          "question": row["question"], "options": options or None,
                          "reference": (row.get("reference") or "").strip() or None})
     if not rows:
@@ -50,7 +52,8 @@ def predict(cfg: DictConfig, predictor: MultimodalPredictor | None = None) -> li
     check_predict_config(cfg)  # bad settings fail before the model loads
     if (cfg.input is None) == (cfg.manifest is None):
         raise ValueError("give exactly one of input=<file> or manifest=<csv>")
-    predictor = predictor or load(cfg.ckpt, cfg.device, cfg.llm_cache_dir, cfg.trust_remote_code)
+    predictor = predictor or load(cfg.ckpt, cfg.device, cfg.llm_cache_dir, cfg.trust_remote_code,
+                                  tuple(cfg.trusted_modules))
     generation = OmegaConf.to_container(cfg.generation, resolve=True)
     generation["max_new_tokens"] = generation["max_new_tokens"] or predictor.config["max_new_tokens"]
     settings = GenerationSettings(**generation)
@@ -71,18 +74,21 @@ def predict(cfg: DictConfig, predictor: MultimodalPredictor | None = None) -> li
         record = {"input": row["input"], "question": row["question"], **result}
         if row["reference"] is not None:
             record["reference"] = row["reference"]
-        if cfg.pictures:
-            picture = output.parent / "pictures" / f"{number:05d}_{Path(row['input']).name}.png"
-            plot_sample(predictor.picture_inputs(row["input"]), picture, question=row["question"],
-                        reference=row["reference"] or "(none given)", answer=result["answer"])
-            record["picture"] = str(picture)
+        if cfg.pictures:  # one picture per file of the record, drawn by its modality's plugin
+            first = Path(row["input"].split(RECORD_SEPARATOR)[0]).name
+            pictures = predictor.draw_record(row["input"], output.parent / "pictures" / f"{number:05d}_{first}.png",
+                                             question=row["question"], reference=row["reference"] or "(none given)",
+                                             answer=result["answer"])
+            record["picture"] = str(pictures[0])
+            if len(pictures) > 1:
+                record["pictures"] = [str(picture) for picture in pictures]
         written.append(record)
     with output.open("w") as handle:
         handle.writelines(json.dumps(record) + "\n" for record in written)
     return written
 
 
-@hydra.main(config_path="conf", config_name="predict", version_base="1.3")
+@hydra.main(config_path="pkg://mmmed_conf", config_name="predict", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: prints each answer, writes predictions.jsonl."""
     written = predict(cfg)

@@ -52,7 +52,9 @@ def train(cfg: DictConfig) -> dict:
     from mmmed.build import build_run, parameter_counts
     from mmmed.checkpoint_io import verified_resume
     from mmmed.evaluation import json_safe
+    from mmmed.preflight import check_plugin_settings, run_checks
 
+    run_checks(cfg, (check_plugin_settings,))  # each modality's own settings: its plugin's module is loaded now
     out_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     on_cluster = cluster.prepare(cfg, out_dir)  # SLURM requeue + environment; the W&B run id kept in out_dir
@@ -127,7 +129,7 @@ def train(cfg: DictConfig) -> dict:
     return metrics
 
 
-@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+@hydra.main(config_path="pkg://mmmed_conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns validation accuracy for sweepers."""
     try:

@@ -149,6 +149,7 @@ def main() -> None:
 
     from mmmed.build import build_run, parameter_counts
     from mmmed.collate import MultimodalCollator
+    from mmmed.config_dir import config_dir
     from mmmed_datasets.ecg_samples import ECGSample, ECGSampleDataset
 
     hf_logging.disable_progress_bar()  # the checkpoint-loading bar would split the table
@@ -160,7 +161,7 @@ def main() -> None:
           f"scipy {scipy.__version__}, wfdb {wfdb.__version__}")
 
     with tempfile.TemporaryDirectory(prefix="mmmed-ecg-bench-") as tmp:
-        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
             # No Hydra run here: give the run-dir interpolations a concrete place.
             fixed = ["encoder=ecg", "model=nano", "logger=csv", f"paths.output_dir={tmp}/run"]
             cfg = compose("train", overrides=[*fixed, *args.overrides])

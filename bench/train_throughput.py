@@ -45,8 +45,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from mmmed.build import build_run
+    from mmmed.config_dir import config_dir
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         # No Hydra run here: give the run-dir interpolations a concrete place.
         fixed = ["encoder=ecg", "model=nano", "logger=csv", f"paths.output_dir={tempfile.mkdtemp(prefix='mmmed-bench-')}"]
         cfg = compose("train", overrides=[*fixed, *args.overrides])

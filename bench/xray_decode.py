@@ -53,7 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--side", type=int, default=2048, help="film side in pixels (real films: 2-3k)")
     parser.add_argument("--count", type=int, default=8, help="films per transfer syntax")
-    parser.add_argument("--size", type=int, default=128, help="encoder input side (encoder.net.img_size)")
+    parser.add_argument("--size", type=int, default=128, help="encoder input side (modalities.xray.net.img_size)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:

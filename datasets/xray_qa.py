@@ -116,7 +116,7 @@ class XrayQADataset(Dataset):
         return len(self.samples)
 
     def plot_inputs(self, index: int) -> dict:
-        """What a picture of item ``index`` shows: the image the encoder sees (``mmmed.plots.plot_sample``)."""
+        """What a picture of item ``index`` shows: the image the encoder sees (drawn by the modality plugin's ``draw``)."""
         return {"kind": "xray", "image": self[index]["signals"][MODALITY][0].numpy()}
 
     def __getitem__(self, index: int | tuple[int, int]) -> dict:

@@ -9,7 +9,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mmmed.adapters import num_output_tokens
+from mmmed.assembly import assemble_model, build_plugins
 from mmmed.datamodule import MultimodalDataModule
 from mmmed.lightning_module import MultimodalLitModule
 from mmmed.llm import LoadedLLM
@@ -17,8 +17,8 @@ from mmmed.lora import apply_lora
 from mmmed.evaluation import Evaluator
 from mmmed.generation import GenerationSettings
 from mmmed.model import MultimodalLM
-from mmmed.preflight import check_stage_and_llm, run_checks
-from mmmed.prompts import ChatFormatter, Modality
+from mmmed.preflight import check_plugin_settings, check_stage_and_llm, run_checks
+from mmmed.prompts import ChatFormatter
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,8 @@ def build_run(cfg: DictConfig) -> Run:
     stage = cfg.stage
     lora = stage.get("lora")
     log.info("LLM: %s; stage %s", cfg.model.llm._target_, stage.name)
-    run_checks(cfg, (check_stage_and_llm,))  # QLoRA possible, fp32 LLM for stage=full: before minutes of loading
+    # QLoRA possible, fp32 LLM for stage=full, each modality's own settings: before minutes of loading
+    run_checks(cfg, (check_stage_and_llm, check_plugin_settings))
     llm: LoadedLLM = instantiate(cfg.model.llm, **({"quantize_4bit": True} if lora and lora.quantize_4bit else {}))
     if cfg.model.get("gradient_checkpointing"):
         # Non-reentrant: reentrant checkpointing drops the gradients of everything below a block
@@ -48,28 +49,16 @@ def build_run(cfg: DictConfig) -> Run:
         llm.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if lora:
         llm.model = apply_lora(llm.model, lora.r, lora.alpha, lora.dropout, list(lora.target_modules), lora.quantize_4bit)
-    log.info("Encoder (%s): %s", cfg.encoder.modality, cfg.encoder.net._target_)
-    encoder = instantiate(cfg.encoder.net)
+    plugins = build_plugins(cfg.modalities)
+    for name, plugin in plugins.items():
+        log.info("Modality %s: encoder %s", name, plugin.net["_target_"])
     datamodule: MultimodalDataModule = instantiate(cfg.data, seed=cfg.seed)
-    adapter_factory = instantiate(cfg.adapter)
-    with torch.device("meta"):  # a weightless probe (no memory, no RNG draw): how many LLM tokens a signal becomes
-        adapter_probe = adapter_factory(in_dim=encoder.out_dim, out_dim=llm.model.get_input_embeddings().embedding_dim)
-    formatter = ChatFormatter(
-        llm.tokenizer,
-        [Modality(cfg.encoder.modality, num_output_tokens(adapter_probe, encoder.num_tokens))],
-        cfg.prompt.system,
-        datamodule.max_length,
-    )
-    datamodule.attach_formatter(formatter)
     log.info("Adapter: %s", cfg.adapter._target_)
-    model = MultimodalLM(
-        llm.model,
-        {cfg.encoder.modality: encoder},
-        adapter_factory,
-        formatter.placeholder_ids,
-        train_llm=stage.train_llm,
-        train_encoders=stage.train_encoder,
-    )
+    assembled = assemble_model(llm.model, llm.tokenizer, plugins, instantiate(cfg.adapter), system_prompt=cfg.prompt.system,
+                               max_length=datamodule.max_length, train_llm=stage.train_llm,
+                               train_encoder=stage.train_encoder)
+    model, formatter = assembled.model, assembled.formatter
+    datamodule.attach_formatter(formatter)
     module = MultimodalLitModule(
         model=model,
         tokenizer=llm.tokenizer,
@@ -98,6 +87,7 @@ def build_evaluator(formatter: ChatFormatter, datamodule: MultimodalDataModule, 
         evaluation.option_batch_size,
         evaluation.chexbert_weights,
         evaluation.radgraph_weights,
+        answer_parts={part: dict(classes) for part, classes in datamodule.answer_parts.items()},
     )
 
 

@@ -26,6 +26,8 @@ class MultimodalDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes.
         max_length: longest token sequence; longer answers are truncated, longer prompts are an error.
         answer_classes: class -> regular expression naming it in an answer (for accuracy).
+        answer_parts: part -> {class -> regular expression} when an answer has several scored parts (labels are
+            then ``{part: class}``), else empty.
         max_new_tokens: generation budget for an answer when evaluating.
         label_scores: the label set whose per-label AUROC evaluation reports (a ``LabelScoring``), or None.
         report_metrics: ``text`` (BLEU, ROUGE-L) or ``radiology`` (also CheXbert/RadGraph F1) when answers
@@ -48,6 +50,7 @@ class MultimodalDataModule(L.LightningDataModule):
         label_scores: object | None,
         report_metrics: str | None,
         seed: int,
+        answer_parts: dict[str, dict[str, str]] | None = None,
     ) -> None:
         super().__init__()
         self.root = root
@@ -59,6 +62,7 @@ class MultimodalDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.max_length = max_length
         self.answer_classes = answer_classes
+        self.answer_parts = dict(answer_parts or {})
         self.max_new_tokens = max_new_tokens
         if report_metrics not in (None, "text", "radiology"):
             raise ValueError(f"data.report_metrics must be null, text or radiology, not {report_metrics!r}")
@@ -67,7 +71,8 @@ class MultimodalDataModule(L.LightningDataModule):
         self.seed = seed
         self.formatter: ChatFormatter | None = None
         self.splits: dict[str, Dataset] = {}
-        self.normalization: dict | None = None  # signal statistics of the training split, if the data uses them
+        # Signal statistics of the training split by modality ({modality: stats}), if the data uses any.
+        self.normalization: dict | None = None
 
     def attach_formatter(self, formatter: ChatFormatter) -> None:
         """The formatter depends on the tokenizer and encoders, so the model side provides it."""

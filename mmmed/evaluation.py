@@ -40,11 +40,16 @@ class Evaluator:
         option_batch_size: candidate answers teacher-forced per forward pass.
         chexbert_weights: local CheXbert weights for CheXbert F1, or None (skipped, with the reason).
         radgraph_weights: local RadGraph weights for RadGraph F1, or None.
+        answer_parts: for answers with several parts (a patient's rhythm *and* X-ray finding): part -> {class ->
+            regular expression}; each sample's label is then ``{part: class}`` for the parts its question asks,
+            each part is scored on its own (``parts.<part>``), and ``accuracy`` is the share of samples with every
+            asked part right.
     """
 
     def __init__(self, formatter: ChatFormatter, answer_classes: dict[str, str], generation: GenerationSettings,
                  label_scores: LabelScoring | None, report_metrics: str | None, bootstrap: dict, option_batch_size: int,
-                 chexbert_weights: str | None, radgraph_weights: str | None) -> None:
+                 chexbert_weights: str | None, radgraph_weights: str | None, *,
+                 answer_parts: dict[str, dict[str, str]] | None = None) -> None:
         if generation.do_sample:
             raise ValueError("evaluation decodes greedily: scores of sampled answers change from run to run")
         self.formatter = formatter
@@ -57,6 +62,10 @@ class Evaluator:
         self.option_batch_size = option_batch_size
         self.chexbert_weights = chexbert_weights
         self.radgraph_weights = radgraph_weights
+        self.parts = {part: AnswerClassifier(dict(classes)) for part, classes in (answer_parts or {}).items()}
+        self.part_classes = {part: list(classes) for part, classes in (answer_parts or {}).items()}
+        if self.parts and self.classes:
+            raise ValueError("give answer_classes (one class per answer) or answer_parts (several), not both")
 
     @torch.no_grad()
     def batch_rows(self, model: MultimodalLM, batch: dict, with_label_scores: bool = True) -> list[dict]:
@@ -67,6 +76,8 @@ class Evaluator:
         rows = [{"id": batch["ids"][i], "question": batch["questions"][i], "reference": batch["references"][i],
                  "answer": answer, "reference_label": batch["reference_labels"][i],
                  "predicted_label": self.classifier(answer)} for i, answer in enumerate(answers)]
+        for row in rows if self.parts else ():
+            row["predicted_parts"] = {part: classify(row["answer"]) for part, classify in self.parts.items()}
         if self.label_scores is not None and with_label_scores:
             scoring = self.label_scores
             per_sample = signals_per_sample(batch["prompt_input_ids"], batch["signals"], self.formatter)
@@ -88,6 +99,8 @@ class Evaluator:
             summary.update(accuracy=accuracy, num_scored=scored)
             if scored:
                 summary["classes"] = per_class_prf(predicted, [r["reference_label"] for r in records], self.classes)
+        if self.parts:
+            summary.update(self._part_scores(records))
         summary["exact_match"] = exact_match([r["answer"] for r in records], [r["reference"] for r in records])
         scored_rows = [r for r in records if "label_probs" in r]
         if self.label_scores is not None and scored_rows:
@@ -105,6 +118,26 @@ class Evaluator:
                 summary["report"].update(clinical)
                 summary["skipped"].update(skipped)
         return summary
+
+
+    def _part_scores(self, records: list[dict]) -> dict:
+        """Per part: accuracy and per-class P/R/F1 over the samples whose label asks that part; overall: every
+        asked part right."""
+        labelled = [r for r in records if isinstance(r["reference_label"], dict) and r["reference_label"]]
+        for r in labelled:  # from the record's answer: after several windows voted, that is the voted one
+            r["predicted_parts"] = {part: classify(r["answer"]) for part, classify in self.parts.items()}
+        parts = {}
+        for part, classes in self.part_classes.items():
+            asked = [r for r in labelled if part in r["reference_label"]]
+            predicted = [r["predicted_parts"][part] for r in asked]
+            references = [r["reference_label"][part] for r in asked]
+            accuracy, scored = class_accuracy(predicted, references)
+            parts[part] = {"accuracy": accuracy, "num_scored": scored}
+            if scored:
+                parts[part]["classes"] = per_class_prf(predicted, references, classes)
+        all_right = [all(r["predicted_parts"][p] == c for p, c in r["reference_label"].items()) for r in labelled]
+        return {"parts": parts, "accuracy": float(np.mean(all_right)) if all_right else math.nan,
+                "num_scored": len(all_right)}
 
 
 def merge_crops(rows: list[dict]) -> list[dict]:
@@ -126,6 +159,8 @@ def merge_crops(rows: list[dict]) -> list[dict]:
 def scalar_metrics(summary: dict) -> dict[str, float]:
     """The numbers worth a curve: accuracy, exact match, macro F1 and AUROC, text scores (no prefix)."""
     scalars = {key: float(summary[key]) for key in ("accuracy", "num_scored", "exact_match") if key in summary}
+    for part, scores in summary.get("parts", {}).items():
+        scalars[f"{part}_accuracy"] = float(scores["accuracy"])
     if "classes" in summary:
         scalars["macro_f1"] = float(summary["classes"]["macro"]["f1"])
     if "auroc" in summary:

@@ -2,8 +2,9 @@
 
     python -m mmmed.export ckpt=outputs/<run>/checkpoints/last.ckpt out=exported/ecg-nano [merge_lora=true]
 
-The folder holds ``mmmed_config.json`` (everything inference needs, as plain JSON), ``encoder.safetensors``,
-``adapter.safetensors``, ``tokenizer/`` (with the placeholder token), a ``README.md`` model card, and
+The folder holds ``mmmed_config.json`` (everything inference needs, as plain JSON: each modality's plugin
+settings), ``encoders/<modality>.safetensors``, ``adapters/<modality>.safetensors``, ``tokenizer/`` (with the
+placeholder tokens), a ``README.md`` model card, and
 the LLM as training left it: a frozen LLM only as a reference (how to load it, plus its identity),
 LoRA weights in PEFT format (``lora/``), or a full LLM (``llm/``: merged LoRA, or the full stage's weights).
 
@@ -44,7 +45,8 @@ def _metrics_next_to(ckpt_path: Path) -> dict | None:
 def model_card(config: dict, metrics: dict | None, ckpt_path: Path) -> str:
     """README.md: what the model is, what it was trained and scored on, how to load it, what not to use it for."""
     llm, data = config["llm"], config["data"]
-    question = config["question"] or f"<{config['modality']}>\nYour question"
+    names = list(config["modalities"])
+    question = config["question"] or "Your question (the record's signals go first; or place <tag>s)"
     base = llm["kwargs"].get("hub_id", llm["identity"])
     how_llm = {
         "reference": f"not included: loaded from `{base}` (identity `{llm['identity']}`) when the model is loaded",
@@ -55,12 +57,14 @@ def model_card(config: dict, metrics: dict | None, ckpt_path: Path) -> str:
     if llm["target"].endswith("random_llm"):
         how_llm += " (a randomly initialised test LLM, rebuilt from its settings and seed: for tests only)"
     lines = [
-        f"# mmmed {config['modality']} model ({config['stage']} stage)",
+        f"# mmmed {' + '.join(names)} model ({config['stage']} stage)",
         "",
-        f"A causal LLM that answers questions about {config['modality'].upper()} signals: a "
-        f"`{config['encoder']['class']}` encoder turns each signal into tokens, a `{config['adapter']['class']}` "
-        f"adapter maps them to {config['num_tokens']} LLM embeddings, spliced in at the placeholder "
-        f"`{config['placeholder']}`. Exported by mmmed {config['mmmed_version']} from `{ckpt_path.name}`.",
+        f"A causal LLM that answers questions about {', '.join(names)} inputs. Per modality an encoder turns each "
+        f"signal into tokens and a `{config['adapter']['class']}` adapter maps them to LLM embeddings, spliced in "
+        f"where the modality's tag stands. Exported by mmmed {config['mmmed_version']} from `{ckpt_path.name}`.",
+        "",
+        *[f"- `<{name}>`: `{node['net']['_target_']}`, {config['num_tokens'][name]} tokens per signal. "
+          f"{node.get('description', '')}".rstrip() for name, node in config["modalities"].items()],
         "",
         f"- LLM: {how_llm}",
         f"- Data: `{data['dataset']}`" + (f", task `{data['task']}`" if data.get("task") else ""),
@@ -107,11 +111,12 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, merge: bool = 
                              f"stage={stage.get('name')}")
     restored = restore_checkpoint(ckpt_path)
     model, config = restored.model, restored.config
-    modality = config["modality"]
 
     out.mkdir(parents=True, exist_ok=True)
-    save_file(_tensors(model.encoders[modality].state_dict()), out / "encoder.safetensors")
-    save_file(_tensors(model.adapters[modality].state_dict()), out / "adapter.safetensors")
+    for part in ("encoders", "adapters"):
+        (out / part).mkdir()
+        for name, module in getattr(model, part).items():
+            save_file(_tensors(module.state_dict()), out / part / f"{name}.safetensors")
     weights = "reference"
     if restored.lora and merge:
         weights = "merged"

@@ -1,8 +1,11 @@
-"""Load a model folder written by ``mmmed.export`` and answer questions about ECGs and chest X-rays.
+"""Load a trained model (exported folder, run folder or checkpoint) and answer questions about patient records.
+
+A record is one file or several (an ECG, a chest X-ray, ...): each file is read by the modality plugin that
+claims it (``mmmed/modality.py``), prepared exactly as in training.
 
 Loading needs neither Hydra nor the training code, and never unpickles: weights are safetensors, the
 configuration is JSON, and the classes it names are imported only from mmmed's own packages
-(``ALLOWED_PREFIXES``). Code from an LLM's repository runs only when the caller passes
+(``mmmed.trust``, plus plugin packages the caller trusts by name). Code from an LLM's repository runs only when the caller passes
 ``trust_remote_code=True``.
 
     from mmmed.inference import load
@@ -15,59 +18,35 @@ settings and seed, which only tests need.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import logging
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from mmmed.adapters import num_output_tokens
+from mmmed.assembly import assemble_model, build_plugins
 from mmmed.collate import pad_sequences, stack_signals
 from mmmed.generation import GenerationSettings, Signal, generate_answers, score_options
 from mmmed.label_scores import softmax
 from mmmed.llm import load_causal_lm, load_tokenizer
 from mmmed.metrics import CROP_SEPARATOR, AnswerClassifier, aggregate_crops
+from mmmed.legacy import upgrade_export_config
+from mmmed.modality import ModalityPlugin
 from mmmed.model import MultimodalLM
-from mmmed.prompts import ChatFormatter, Modality
+from mmmed.prompts import ChatFormatter
+from mmmed.restore import find_checkpoint, restore_checkpoint
+from mmmed.trust import check_llm_identity, resolve_allowed, resolver
 
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "mmmed_config.json"
-ALLOWED_PREFIXES = ("mmmed.", "mmmed_encoders.")
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}
-
-
-def resolve_allowed(path: str) -> Callable[..., Any]:
-    """The class or function ``module.name`` that a config names, imported only from mmmed's own packages."""
-    if not isinstance(path, str) or not path.startswith(ALLOWED_PREFIXES):
-        raise ValueError(f"Refusing to import {path!r}: an exported model may only name classes from "
-                         f"{', '.join(p + '*' for p in ALLOWED_PREFIXES)}. Re-export it with mmmed.export, "
-                         f"or check where this folder came from.")
-    module, _, name = path.rpartition(".")
-    target = getattr(importlib.import_module(module), name)
-    if not getattr(target, "__module__", "").startswith(ALLOWED_PREFIXES):  # e.g. mmmed.model.nn.Module
-        raise ValueError(f"Refusing {path!r}: it is defined in {getattr(target, '__module__', '?')!r}, not in mmmed")
-    return target
-
-
-def check_llm_identity(expected: str | None, found: str) -> None:
-    """Same LLM as in training (``name:source``), or an error; a source of unknown revision (``hub``) only warns."""
-    if found == expected:
-        return
-    name, _, source = (expected or "").partition(":")
-    found_name, _, found_source = found.partition(":")
-    if name == found_name and "hub" in (source, found_source):  # e.g. downloaded then, read from the HF cache now
-        log.warning("LLM %s loaded, trained with %s: same model, revision unknown; answers may differ", found, expected)
-        return
-    raise ValueError(f"The model was trained on LLM {expected!r} but {found!r} was loaded (another model, revision or "
-                     f"conversion): its answers would not be the trained model's. Make that LLM available again "
-                     f"(Hugging Face cache, or llm_cache_dir).")
+RECORD_SEPARATOR = "|"  # several files of one patient record in one input string, as in record manifests
 
 
 def _with_cache_dir(kwargs: dict, cache_dir: str | Path | None) -> dict:
@@ -97,6 +76,11 @@ def _load_llm(directory: Path, ref: dict, cache_dir: str | Path | None, trust_re
     return model.eval()
 
 
+def _holds_paths(record: dict) -> bool:
+    """Whether ``{modality: [...]}`` lists files (not prepared signals)."""
+    return all(isinstance(item, (str, Path)) for items in record.values() for item in items)
+
+
 def _to(signal: Signal, device: torch.device) -> Signal:
     return {k: v.to(device) for k, v in signal.items()} if isinstance(signal, dict) else signal.to(device)
 
@@ -108,14 +92,16 @@ class MultimodalPredictor:
     Args:
         model: the multimodal model (eval mode).
         formatter: its chat formatter.
-        config: the inference settings (``mmmed_config.json``): preprocessing, answer classes, label set.
+        config: the inference settings (``mmmed_config.json``): modalities, answer classes, label set.
+        plugins: the modality plugins, which read and draw files as training did.
         device: where the model runs.
         run_config: the training run's resolved config when loaded from a checkpoint (None when exported).
     """
 
-    def __init__(self, model: MultimodalLM, formatter: ChatFormatter, config: dict, device: str | torch.device = "cpu",
-                 run_config: dict | None = None) -> None:
+    def __init__(self, model: MultimodalLM, formatter: ChatFormatter, config: dict, plugins: dict[str, ModalityPlugin],
+                 device: str | torch.device = "cpu", run_config: dict | None = None) -> None:
         self.model = model.eval()
+        self.plugins = plugins
         self.run_config = run_config
         self.formatter = formatter
         self.tokenizer = formatter.tokenizer
@@ -152,36 +138,49 @@ class MultimodalPredictor:
                 for opts, lps in zip(options, logprobs)]
 
     def answer(self, question: str, source: str | Path | dict[str, list[Signal]]) -> str:
-        """Greedy answer about a file (WFDB record, ``.dcm``, image) or signals (``{"ecg": [(12, T) tensor]}``)."""
-        if isinstance(source, (str, Path)):
+        """Greedy answer about a record (a file, ``a|b``, a list, ``{modality: [files]}``) or prepared signals
+        (``{modality: [encoder input, ...]}``, e.g. an ECG's ``{"signal": (12, T), "lead_mask": (12,)}``)."""
+        if isinstance(source, (str, Path, list, tuple)) or (isinstance(source, dict) and _holds_paths(source)):
             return self.answer_file(question, source)
         return self.answer_batch([question], [source])[0]
 
+    def modality_of(self, path: str | Path) -> str:
+        """The modality whose plugin claims ``path``; none or several is an error naming the file."""
+        claimed = [name for name, plugin in self.plugins.items() if plugin.claims(path)]
+        if len(claimed) != 1:
+            raise ValueError(f"{path}: {'no modality' if not claimed else 'modalities ' + ', '.join(claimed)} of this "
+                             f"model ({', '.join(self.plugins)}) claim{'s' if len(claimed) == 1 else ''} this file"
+                             + ("" if claimed else " (wrong path, or a file type the model was not trained on)"))
+        return claimed[0]
+
     def file_inputs(self, path: str | Path) -> list[Signal]:
-        """Encoder inputs of one file, prepared as in training: one per ECG evaluation window, or one image."""
-        settings = self.config
-        if settings.get("ecg_preprocessing"):
-            pipeline = self._ecg_pipeline()
-            prepared = pipeline.prepare(path)  # (L, T) at the training rate, filtered
-            windows = []
-            for start in pipeline.window_starts(prepared.signal.shape[1], train=False, rng=None):
-                window = prepared.signal[:, start : start + pipeline.num_samples]  # (L, T_window)
-                window = pipeline.normalise(window, prepared.lead_mask, settings["normalization"])
-                windows.append({"signal": torch.from_numpy(np.ascontiguousarray(window)),
-                                "lead_mask": torch.from_numpy(np.asarray(prepared.lead_mask, dtype=bool).copy())})
-            return windows
-        if settings.get("xray_images"):
-            from mmmed_datasets.xray_image import decode_settings, letterbox, read_radiograph
+        """Encoder inputs of one file, prepared as in training by its modality's plugin: one per evaluation view
+        (several ECG windows vote), usually one."""
+        name = self.modality_of(path)
+        return self.plugins[name].read(path, (self.config.get("normalization") or {}).get(name))
 
-            images = settings["xray_images"]
-            pixels = letterbox(read_radiograph(path, **decode_settings(images)).pixels, images["size"])  # (1, S, S)
-            return [torch.from_numpy(pixels.astype(np.float16).astype(np.float32))]  # float16 as the image cache stores it
-        raise ValueError(f"{CONFIG_NAME} stores no file pipeline for {settings['modality']}; pass signals to answer()")
+    def record_inputs(self, source: str | Path | list | dict) -> list[dict[str, list[Signal]]]:
+        """One patient record's encoder inputs, per evaluation view: ``[{modality: [signal, ...]}]``.
 
-    def _ecg_pipeline(self):
-        from mmmed_datasets.ecg_preprocess import saved_preprocessing
-
-        return saved_preprocessing(self.config["ecg_preprocessing"])
+        ``source`` is a file, several files (a list, or one string joined by ``|``), or ``{modality: [files]}``.
+        One file gives one entry per view (they vote); several files give one entry, each file's first view,
+        in the order given within a modality (its tags' order in the question).
+        """
+        if isinstance(source, dict):
+            files = [(name, path) for name, paths in source.items() for path in paths]
+            unknown = sorted({name for name, _ in files} - set(self.plugins))
+            if unknown:
+                raise ValueError(f"modalities {unknown} are not read by this model ({', '.join(self.plugins)})")
+        else:
+            paths = source if isinstance(source, (list, tuple)) else str(source).split(RECORD_SEPARATOR)
+            files = [(self.modality_of(path), path) for path in paths]
+        if len(files) == 1:
+            name, path = files[0]
+            return [{name: [view]} for view in self.file_inputs(path)]
+        record: dict[str, list[Signal]] = {}
+        for name, path in files:
+            record.setdefault(name, []).append(self.plugins[name].read(path, (self.config.get("normalization") or {}).get(name))[0])
+        return [record]
 
     def predict_files(self, questions: list[str], paths: list[str | Path], settings: GenerationSettings | None = None,
                       options: list[list[str] | None] | None = None, batch_size: int = 16,
@@ -192,13 +191,12 @@ class MultimodalPredictor:
         sampling several, and ``options`` ({option: {logprob, prob}}, averaged over windows) when given.
         """
         options = options or [None] * len(paths)
-        jobs = [(row, question, signal) for row, (question, path) in enumerate(zip(questions, paths))
-                for signal in self.file_inputs(path)]  # one job per encoder input (ECG window, image)
+        jobs = [(row, question, inputs) for row, (question, path) in enumerate(zip(questions, paths))
+                for inputs in self.record_inputs(path)]  # one job per evaluation view of the record
         generated: list[list[str]] = []
         for start in range(0, len(jobs), batch_size):
             chunk = jobs[start : start + batch_size]
-            generated += self.generate([q for _, q, _ in chunk], [{self.config["modality"]: [x]} for _, _, x in chunk],
-                                       settings)
+            generated += self.generate([q for _, q, _ in chunk], [x for _, _, x in chunk], settings)
         by_row: dict[int, list[int]] = {}  # each file's jobs, in order
         for k, (row, _, _) in enumerate(jobs):
             by_row.setdefault(row, []).append(k)
@@ -212,7 +210,7 @@ class MultimodalPredictor:
             if settings is not None and settings.num_samples > 1:
                 result["samples"] = [answer for k in mine for answer in generated[k]]
             if options[row]:
-                signals = [{self.config["modality"]: [jobs[k][2]]} for k in mine]
+                signals = [jobs[k][2] for k in mine]
                 scores = self.option_scores([question] * len(mine), signals, [list(options[row])] * len(mine),
                                             option_batch_size)
                 result["options"] = {option: {key: float(np.mean([window[option][key] for window in scores]))
@@ -229,37 +227,42 @@ class MultimodalPredictor:
         """Greedy answer about one ECG record (WFDB or .dcm) or radiograph; ECG windows vote as in evaluation."""
         return self.predict_file(question, path)["answer"]
 
-    def picture_inputs(self, path: str | Path) -> dict[str, Any]:
-        """What a picture of this file shows: an ECG in millivolts as prepared (before normalising), or the image
-        the encoder saw (see ``mmmed.plots.plot_sample``)."""
-        if self.config.get("ecg_preprocessing"):
-            pipeline = self._ecg_pipeline()
-            prepared = pipeline.prepare(path)
-            return {"kind": "ecg", "signal": prepared.signal, "sampling_rate": pipeline.sampling_rate,
-                    "leads": list(pipeline.leads), "lead_mask": np.asarray(prepared.lead_mask, dtype=bool)}
-        image = self.file_inputs(path)[0]
-        return {"kind": "xray", "image": image.numpy()}
+    def draw_record(self, source: str | Path | list | dict, path: str | Path, *, question: str, reference: str,
+                    answer: str) -> list[Path]:
+        """Pictures of a record's files, each drawn by its modality's plugin: ``path`` for one file, else
+        ``<stem>_<k><suffix>`` per file. Returns the files written."""
+        if isinstance(source, dict):
+            files = [(name, file) for name, paths in source.items() for file in paths]
+        else:
+            paths = source if isinstance(source, (list, tuple)) else str(source).split(RECORD_SEPARATOR)
+            files = [(self.modality_of(file), file) for file in paths]
+        path = Path(path)
+        written = []
+        for k, (name, file) in enumerate(files):
+            target = path if len(files) == 1 else path.with_name(f"{path.stem}_{k}{path.suffix}")
+            plugin = self.plugins[name]
+            written.append(plugin.draw(plugin.picture(file), target, question=question, reference=reference, answer=answer))
+        return written
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", llm_cache_dir: str | Path | None = None,
-         trust_remote_code: bool = False) -> MultimodalPredictor:
+         trust_remote_code: bool = False, trusted_modules: tuple[str, ...] = ()) -> MultimodalPredictor:
     """A predictor from an exported folder, a training run folder or a ``.ckpt`` file.
 
     A run folder gives its best checkpoint (``metrics.json`` ``weights_from``), else ``checkpoints/last.ckpt``.
     Checkpoints load with ``weights_only=True``; the frozen LLM comes from its source as in training.
+    ``trusted_modules``: prefixes of your own plugin packages the model may name (mmmed's are always allowed).
     """
     path = Path(path)
     if (path / CONFIG_NAME).is_file():
-        return load_exported(path, llm_cache_dir, trust_remote_code, device)
-    from mmmed.restore import find_checkpoint, restore_checkpoint  # restore imports this module
-
-    restored = restore_checkpoint(find_checkpoint(path))
-    return MultimodalPredictor(restored.model.to(device).eval(), restored.formatter, restored.config, device,
-                               restored.run_config)
+        return load_exported(path, llm_cache_dir, trust_remote_code, device, trusted_modules)
+    restored = restore_checkpoint(find_checkpoint(path), tuple(trusted_modules))
+    return MultimodalPredictor(restored.model.to(device).eval(), restored.formatter, restored.config, restored.plugins,
+                               device, restored.run_config)
 
 
 def load_exported(directory: str | Path, llm_cache_dir: str | Path | None = None, trust_remote_code: bool = False,
-                  device: str | torch.device = "cpu") -> MultimodalPredictor:
+                  device: str | torch.device = "cpu", trusted_modules: tuple[str, ...] = ()) -> MultimodalPredictor:
     """Load an exported model folder (safetensors and JSON only); ``llm_cache_dir`` replaces the LLM's cache_dir."""
     directory = Path(directory)
     if not (directory / CONFIG_NAME).is_file():
@@ -268,27 +271,33 @@ def load_exported(directory: str | Path, llm_cache_dir: str | Path | None = None
     if pickles:
         raise ValueError(f"{directory} holds pickle files {pickles}; an exported model is safetensors and JSON only, "
                          f"and unpickling can run arbitrary code, so it is not loaded")
-    config = json.loads((directory / CONFIG_NAME).read_text())
-    modality = config["modality"]
-    encoder_class = resolve_allowed(config["encoder"]["class"])  # refused before anything is loaded
-    adapter_class = resolve_allowed(config["adapter"]["class"])
+    resolve = resolver(trusted_modules)
+    config = upgrade_export_config(json.loads((directory / CONFIG_NAME).read_text()), resolve)
+    plugins = build_plugins(config["modalities"], resolve)  # every class refused before anything is loaded
+    adapter_class = resolve(config["adapter"]["class"])
+    encoders = {name: plugin.build_encoder(resolve=resolve) for name, plugin in plugins.items()}
     tokenizer = load_tokenizer(str(directory / "tokenizer"), trust_remote_code)
     llm = _load_llm(directory, config["llm"], llm_cache_dir, trust_remote_code)
-    formatter = ChatFormatter(tokenizer, [Modality(modality, config["num_tokens"])], config["system_prompt"], config["max_length"])
-    if formatter.placeholder_ids[modality] != config["placeholder_id"]:
-        raise ValueError(f"tokenizer/ gives {config['placeholder']} id {formatter.placeholder_ids[modality]}, "
-                         f"the model was trained with {config['placeholder_id']}: the folder is inconsistent")
-    encoder = encoder_class(**config["encoder"]["kwargs"])
-    encoder.load_state_dict(load_file(directory / "encoder.safetensors"))
-    model = MultimodalLM(llm, {modality: encoder}, partial(adapter_class, **config["adapter"]["kwargs"]),
-                         formatter.placeholder_ids, train_llm=False, train_encoders=False)
     hidden = llm.get_input_embeddings().embedding_dim
-    if (encoder.out_dim, hidden) != (config["adapter"]["in_dim"], config["adapter"]["out_dim"]):
-        raise ValueError(f"adapter maps {config['adapter']['in_dim']} -> {config['adapter']['out_dim']}, but the encoder "
-                         f"gives {encoder.out_dim} and the LLM takes {hidden}: wrong LLM or encoder settings")
-    if num_output_tokens(model.adapters[modality], encoder.num_tokens) != config["num_tokens"]:
-        raise ValueError(f"encoder and adapter make {num_output_tokens(model.adapters[modality], encoder.num_tokens)} "
-                         f"tokens per signal, the prompt has {config['num_tokens']} placeholders: inconsistent folder")
-    model.adapters[modality].load_state_dict(load_file(directory / "adapter.safetensors"))
+    for name, encoder in encoders.items():
+        if (encoder.out_dim, hidden) != (config["adapter"]["in_dims"][name], config["adapter"]["out_dim"]):
+            raise ValueError(f"the {name} adapter maps {config['adapter']['in_dims'][name]} -> "
+                             f"{config['adapter']['out_dim']}, but the encoder gives {encoder.out_dim} and the LLM takes "
+                             f"{hidden}: wrong LLM or encoder settings")
+    assembled = assemble_model(llm, tokenizer, plugins, partial(adapter_class, **config["adapter"]["kwargs"]),
+                               system_prompt=config["system_prompt"], max_length=config["max_length"], train_llm=False,
+                               train_encoder=False, encoders=encoders)
+    model, formatter = assembled.model, assembled.formatter
+    files = config.get("weight_files") or {part: {name: f"{part}/{name}.safetensors" for name in plugins}
+                                           for part in ("encoders", "adapters")}
+    for name in plugins:
+        if formatter.placeholder_ids[name] != config["placeholder_ids"][name]:
+            raise ValueError(f"tokenizer/ gives the {name} placeholder id {formatter.placeholder_ids[name]}, the model "
+                             f"was trained with {config['placeholder_ids'][name]}: the folder is inconsistent")
+        if assembled.num_tokens[name] != config["num_tokens"][name]:
+            raise ValueError(f"the {name} encoder and adapter make {assembled.num_tokens[name]} tokens per signal, the "
+                             f"prompt has {config['num_tokens'][name]} placeholders: inconsistent folder")
+        model.encoders[name].load_state_dict(load_file(directory / files["encoders"][name]))
+        model.adapters[name].load_state_dict(load_file(directory / files["adapters"][name]))
     model.requires_grad_(False)
-    return MultimodalPredictor(model.to(device).eval(), formatter, config, device)
+    return MultimodalPredictor(model.to(device).eval(), formatter, config, plugins, device)

@@ -28,7 +28,7 @@ class MultimodalLM(nn.Module):
         adapter_factory: builds an adapter from ``in_dim`` and ``out_dim``, derived here.
         placeholder_ids: token id of each modality's placeholder.
         train_llm: whether the LLM's weights train (False: frozen, no weight gradients, eval mode).
-        train_encoders: whether the encoders' weights train.
+        train_encoders: whether the encoders' weights train: one answer for all, or one per modality.
     """
 
     def __init__(
@@ -38,7 +38,7 @@ class MultimodalLM(nn.Module):
         adapter_factory: Callable[..., nn.Module],
         placeholder_ids: dict[str, int],
         train_llm: bool = False,
-        train_encoders: bool = True,
+        train_encoders: bool | dict[str, bool] = True,
     ) -> None:
         super().__init__()
         if set(encoders) != set(placeholder_ids):
@@ -51,7 +51,11 @@ class MultimodalLM(nn.Module):
         )
         self.placeholder_ids = dict(placeholder_ids)
         self.train_llm = train_llm
-        self.train_encoders = train_encoders
+        if isinstance(train_encoders, bool):
+            train_encoders = {name: train_encoders for name in encoders}
+        if set(train_encoders) != set(encoders):
+            raise ValueError(f"train_encoders names {sorted(train_encoders)}, the encoders are {sorted(encoders)}")
+        self.trained_encoders = {name for name, trains in train_encoders.items() if trains}
         # A PEFT-wrapped LLM trains its LoRA weights while the base stays frozen.
         self.has_lora = any(is_lora_parameter(name) for name, _ in llm.named_parameters())
         self.llm.requires_grad_(train_llm)
@@ -59,7 +63,8 @@ class MultimodalLM(nn.Module):
             for name, param in self.llm.named_parameters():
                 if is_lora_parameter(name):
                     param.requires_grad_(True)
-        self.encoders.requires_grad_(train_encoders)
+        for name, encoder in self.encoders.items():
+            encoder.requires_grad_(name in self.trained_encoders)
         self.adapters.requires_grad_(True)
         self.train()
 
@@ -74,15 +79,16 @@ class MultimodalLM(nn.Module):
             for module in self.llm.modules():
                 if isinstance(module, GradientCheckpointingLayer) and module.gradient_checkpointing:
                     module.training = mode
-        if not self.train_encoders:
-            self.encoders.eval()
+        for name, encoder in self.encoders.items():
+            if name not in self.trained_encoders:
+                encoder.eval()
         return self
 
     def _is_trained(self, key: str) -> bool:
         if key.startswith("adapters."):
             return True
         if key.startswith("encoders."):
-            return self.train_encoders
+            return key.split(".")[1] in self.trained_encoders
         if key.startswith("llm."):
             return self.train_llm or (self.has_lora and is_lora_parameter(key))
         return False

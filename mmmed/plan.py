@@ -22,11 +22,13 @@ from omegaconf import DictConfig
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
+from mmmed.assembly import assemble_model, build_plugins
+from mmmed.config_dir import config_dir
 from mmmed.lora import apply_lora, is_lora_parameter
 from mmmed.model import MultimodalLM
 
 PRESETS = Path(__file__).parent / "presets"
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = config_dir()  # the installed conf/: the checkout's under the editable install, else site-packages'
 GIB = 2**30
 PARTS = ("llm", "lora", "encoder", "adapter")
 # Bytes per trainable parameter: (weights, gradients, AdamW states incl. any fp32 master copy). Trainable weights
@@ -63,19 +65,19 @@ def build_on_meta(cfg: DictConfig) -> MultimodalLM:
             f"mmmed/presets): plan a real scale, model=nano|small|medium|large (tiny is a random test model)."
         )
     lora = cfg.stage.get("lora")
-    net = cfg.encoder.net
+    plugins = build_plugins(cfg.modalities)
     with torch.device("meta"):
         llm = AutoModelForCausalLM.from_config(load_preset(preset), dtype=getattr(torch, cfg.model.llm.dtype))
         if cfg.model.get("gradient_checkpointing"):  # as build_run does
             llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         if lora:  # 4-bit needs CUDA + bitsandbytes; QLoRA's storage is counted in memory_bytes instead
             llm = apply_lora(llm, lora.r, lora.alpha, lora.dropout, list(lora.target_modules), quantize_4bit=False)
-        encoder = instantiate(net, **({"pretrained": False} if "pretrained" in net else {}))  # never download
-        return MultimodalLM(
-            llm, {cfg.encoder.modality: encoder}, instantiate(cfg.adapter),
-            {cfg.encoder.modality: llm.config.vocab_size},  # any id: the placeholder is never looked up here
-            train_llm=cfg.stage.train_llm, train_encoders=cfg.stage.train_encoder,
-        )
+        encoders = {name: plugin.build_encoder(**({"pretrained": False} if "pretrained" in plugin.net else {}))
+                    for name, plugin in plugins.items()}  # never download
+        # The one assembly training uses, without a tokenizer: placeholders get ids never looked up here.
+        return assemble_model(llm, None, plugins, instantiate(cfg.adapter), system_prompt=None, max_length=cfg.plan.seq_len,
+                              train_llm=cfg.stage.train_llm, train_encoder=cfg.stage.train_encoder,
+                              encoders=encoders).model
 
 
 def part_of(name: str) -> str:
@@ -203,7 +205,7 @@ def format_plan(result: dict, cfg: DictConfig) -> str:
     checkpointing = "on" if result["checkpointing"] else "off"
     if cfg.model.get("gradient_checkpointing") and checkpointing == "off":
         checkpointing = "off (the decoder layers are not in training mode, where transformers checkpoints)"
-    lines = [f"{result['llm']} | encoder={cfg.encoder.modality} adapter={cfg.adapter._target_.split('.')[-1]} stage={cfg.stage.name}",
+    lines = [f"{result['llm']} | modalities={','.join(cfg.modalities)} adapter={cfg.adapter._target_.split('.')[-1]} stage={cfg.stage.name}",
              f"{'parameters':<26}{'total':>15}{'trainable':>15}{'frozen':>15}"]
     lines += [f"  {part:<24}" + "".join(f"{c[k]:>15,}" for k in ("total", "trainable", "frozen")) for part, c in result["params"].items()]
     lines.append(f"memory per device (GiB): batch {p.batch_size} x seq {p.seq_len}, {p.devices} device(s) {p.strategy}, "

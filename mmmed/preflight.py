@@ -207,33 +207,67 @@ def check_stage_and_llm(cfg: DictConfig) -> list[str]:
     return problems
 
 
-def check_ecg_leads(cfg: DictConfig) -> list[str]:
-    """An ECG encoder's ``in_leads`` equals the number of leads the ECG pipeline selects."""
-    in_leads, leads = _value(cfg, "encoder.net.in_leads"), _value(cfg, "ecg_signal.preprocessing.leads")
-    if in_leads is None or leads is None or in_leads == len(leads):
+def check_modalities(cfg: DictConfig) -> list[str]:
+    """At least one modality, and each ``modalities.<key>`` names itself ``<key>`` (its tag is ``<key>``)."""
+    modalities = _value(cfg, "modalities")
+    if not modalities:
+        return ["modalities is empty: choose what the model reads, e.g. modality=[ecg] or modality=[ecg,xray]."]
+    problems = []
+    for key in modalities:
+        name = _value(cfg, f"modalities.{key}.name")
+        if name != key:
+            problems.append(f"modalities.{key}.name={name!r}: must be {key!r} (the tag is <{key}>).")
+    return problems
+
+
+def check_plugin_settings(cfg: DictConfig) -> list[str]:
+    """Each modality plugin's class finds its own settings consistent (``ModalityPlugin.config_problems``: an ECG
+    encoder's ``in_leads`` against the pipeline's leads, ...). Imports the plugins' modules (torch with them), so
+    ``build_run`` runs it before the LLM loads, after the light checks of train.py."""
+    from hydra.utils import get_class
+
+    problems = []
+    for key in _value(cfg, "modalities") or {}:
+        node = OmegaConf.to_container(cfg.modalities[key], resolve=True)
+        try:
+            plugin = get_class(node["_target_"])
+        except Exception as err:  # noqa: BLE001 - any import failure is the user's config problem here
+            problems.append(f"modalities.{key}._target_={node.get('_target_')!r} cannot be imported: {err}")
+            continue
+        problems += plugin.config_problems(node, f"modalities.{key}")
+    return problems
+
+
+def check_one_recipe(cfg: DictConfig) -> list[str]:
+    """``encoder=`` picks one one-modality recipe; a list would silently keep only the last one's modality."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
         return []
-    return [f"encoder.net.in_leads={in_leads} but ecg_signal.preprocessing.leads lists {len(leads)} leads "
-            f"({', '.join(map(str, leads))}): set encoder.net.in_leads={len(leads)}, or list {in_leads} leads."]
+    if "encoder" in HydraConfig.get().runtime.choices:  # Hydra records no choice for a list
+        return []
+    return ["encoder=[...]: encoder= takes one recipe (ecg | xray). For a model that reads several modalities, list "
+            "them with modality=[ecg,xray] and choose data of patient records (data=patient_manifest, or "
+            "experiment=patient_demo for the demo)."]
 
 
 def check_question_tags(cfg: DictConfig) -> list[str]:
-    """No question template in ``data.dataset`` names a modality other than the encoder's (``<xray>`` for an ECG
-    encoder); an untagged template is fine: the ChatFormatter puts the signals first (mmmed/prompts.py)."""
-    modality = _value(cfg, "encoder.modality")
+    """No question template in ``data.dataset`` names a modality the run does not read (``<xray>`` for an ECG
+    model); an untagged template is fine: the ChatFormatter puts the signals first (mmmed/prompts.py)."""
+    names = list(_value(cfg, "modalities") or {})
     dataset = cfg.data.get("dataset") or {}
-    if modality is None:
-        return ["encoder.modality is not set: the encoder config must name its modality (ecg, xray)."]
     from mmmed.prompts import TAG_SHAPE, Modality
 
-    tag = Modality(str(modality), 1).tag  # the tag the ChatFormatter expands
+    tags = {Modality(str(name), 1).tag for name in names}  # the tags the ChatFormatter expands
     problems = []
     for key in TEMPLATE_KEYS:
         template = dataset.get(key)
-        strangers = sorted(set(TAG_SHAPE.findall(str(template))) - {tag}) if template is not None else []
+        strangers = sorted(set(TAG_SHAPE.findall(str(template))) - tags) if template is not None else []
         if strangers:
-            problems.append(f"data.dataset.{key}={str(template)!r} has tag(s) {', '.join(strangers)} but "
-                            f"encoder.modality={modality} reads '{tag}': write '{tag}' where the signal belongs "
-                            f"(or no tag: the signal then goes first), or choose a data config for this modality.")
+            problems.append(f"data.dataset.{key}={str(template)!r} has tag(s) {', '.join(strangers)} but the run "
+                            f"reads {', '.join(sorted(tags)) or 'no modality'} (modality=[...]): write a tag the run "
+                            f"reads where the signal belongs (or no tag: the signals then go first), or choose a data "
+                            f"config for these modalities.")
     return problems
 
 
@@ -245,7 +279,8 @@ TRAIN_CHECKS: tuple[Check, ...] = (
     check_learning_rates,
     check_checkpoints,
     check_stage_and_llm,
-    check_ecg_leads,
+    check_one_recipe,
+    check_modalities,
     check_question_tags,
 )
 

@@ -15,11 +15,13 @@ from pathlib import Path
 import torch
 
 import mmmed
-from mmmed.adapters import num_output_tokens
-from mmmed.inference import check_llm_identity, resolve_allowed
+from mmmed.assembly import assemble_model, build_plugins, encoder_switches
+from mmmed.legacy import EXPORT_FORMAT, upgrade_run_config
 from mmmed.lora import apply_lora
+from mmmed.modality import ModalityPlugin
 from mmmed.model import MultimodalLM
-from mmmed.prompts import ChatFormatter, Modality
+from mmmed.prompts import ChatFormatter
+from mmmed.trust import check_llm_identity, resolve_allowed, resolver
 
 
 def hydra_kwargs(node: dict, drop: tuple[str, ...] = ("_target_", "_partial_")) -> dict:
@@ -37,6 +39,7 @@ class RestoredModel:
     run_config: dict  # the training run's resolved config
     lora: dict | None
     train_llm: bool
+    plugins: dict[str, ModalityPlugin]
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -58,33 +61,39 @@ def find_checkpoint(path: str | Path) -> Path:
                             f"nor an exported model (mmmed_config.json)")
 
 
-def restore_checkpoint(ckpt_path: str | Path) -> RestoredModel:
-    """The model a checkpoint trained, in eval mode on CPU, with its inference settings."""
+def restore_checkpoint(ckpt_path: str | Path, trusted_modules: tuple[str, ...] = ()) -> RestoredModel:
+    """The model a checkpoint trained, in eval mode on CPU, with its inference settings.
+
+    ``trusted_modules``: dotted prefixes of your own plugin packages that the checkpoint may name
+    (mmmed's own are always allowed).
+    """
     ckpt_path = Path(ckpt_path)
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     cfg = ckpt.get("mmmed_config")
     if not cfg:
         raise ValueError(f"{ckpt_path} holds no mmmed_config: not a checkpoint written by mmmed's train.py")
-    stage, modality, lora = cfg["stage"], cfg["encoder"]["modality"], cfg["stage"].get("lora")
-    llm_kwargs, net = hydra_kwargs(cfg["model"]["llm"]), hydra_kwargs(cfg["encoder"]["net"])
-    if not stage["train_encoder"] and not net.get("pretrained"):
-        raise ValueError(f"{ckpt_path}: the encoder was frozen at random initialisation, so the checkpoint does not "
-                         "hold it and nothing can re-create it; only trained or pretrained encoders can be restored.")
-
-    llm = resolve_allowed(cfg["model"]["llm"]["_target_"])(**llm_kwargs)  # the base LLM, as training loaded it
+    resolve = resolver(trusted_modules)
+    cfg, normalization = upgrade_run_config(cfg, (ckpt.get("MultimodalDataModule") or {}).get("normalization"), resolve)
+    stage, lora = cfg["stage"], cfg["stage"].get("lora")
+    plugins = build_plugins(cfg["modalities"], resolve)
+    switches = encoder_switches(plugins, stage["train_encoder"])
+    for name, plugin in plugins.items():
+        if not switches[name] and not plugin.net.get("pretrained"):
+            raise ValueError(f"{ckpt_path}: the {name} encoder was frozen at random initialisation, so the checkpoint "
+                             "does not hold it and nothing can re-create it; only trained or pretrained encoders can "
+                             "be restored.")
+    llm_kwargs = hydra_kwargs(cfg["model"]["llm"])
+    llm = resolve(cfg["model"]["llm"]["_target_"])(**llm_kwargs)  # the base LLM, as training loaded it
     check_llm_identity(ckpt.get("mmmed_llm"), llm.identity)
     if lora:  # QLoRA's 4-bit base is not kept: the LoRA weights apply to the base LLM in its own dtype
         llm.model = apply_lora(llm.model, lora["r"], lora["alpha"], lora["dropout"], list(lora["target_modules"]), False)
-    encoder = resolve_allowed(cfg["encoder"]["net"]["_target_"])(**net)
     adapter_kwargs = hydra_kwargs(cfg["adapter"])
-    adapter_factory = partial(resolve_allowed(cfg["adapter"]["_target_"]), **adapter_kwargs)
-    hidden = llm.model.get_input_embeddings().embedding_dim
-    with torch.device("meta"):  # as build_run: a weightless probe of how many LLM tokens a signal becomes
-        num_tokens = num_output_tokens(adapter_factory(in_dim=encoder.out_dim, out_dim=hidden), encoder.num_tokens)
-    formatter = ChatFormatter(llm.tokenizer, [Modality(modality, num_tokens)], cfg["prompt"]["system"],
-                              cfg["data"]["max_length"])  # adds the placeholder token to the tokenizer
-    model = MultimodalLM(llm.model, {modality: encoder}, adapter_factory, formatter.placeholder_ids,
-                         train_llm=stage["train_llm"], train_encoders=stage["train_encoder"])
+    adapter_factory = partial(resolve(cfg["adapter"]["_target_"]), **adapter_kwargs)
+    encoders = {name: plugin.build_encoder(resolve=resolve) for name, plugin in plugins.items()}
+    assembled = assemble_model(llm.model, llm.tokenizer, plugins, adapter_factory, system_prompt=cfg["prompt"]["system"],
+                               max_length=cfg["data"]["max_length"], train_llm=stage["train_llm"],
+                               train_encoder=stage["train_encoder"], encoders=encoders)
+    model, formatter = assembled.model, assembled.formatter
     trained = {key.removeprefix("model."): value for key, value in ckpt["state_dict"].items()}
     expected = set(model.trainable_state_dict())
     if set(trained) != expected:
@@ -93,33 +102,32 @@ def restore_checkpoint(ckpt_path: str | Path) -> RestoredModel:
     model.load_state_dict(trained, strict=False)  # the rest is the frozen LLM (and a pretrained encoder)
     model.requires_grad_(False)
 
-    if "pretrained" in net:
-        net["pretrained"] = False  # its weights travel with the trained ones: loading downloads nothing
-    dataset = cfg["data"]["dataset"]
-    images = dataset.get("images")
+    hidden = llm.model.get_input_embeddings().embedding_dim
+    data = cfg["data"]
+    dataset = data["dataset"]
     config = {
+        "format": EXPORT_FORMAT,
         "mmmed_version": mmmed.__version__,
         "stage": stage["name"],
-        "modality": modality,
-        "placeholder": formatter.modalities[modality].placeholder,
-        "placeholder_id": formatter.placeholder_ids[modality],
-        "num_tokens": num_tokens,  # placeholder tokens per signal: what the adapter hands the LLM
+        # Each plugin as it reads files (its weights travel with the trained ones: loading downloads nothing).
+        "modalities": {name: {**plugin.config(), "net": {**plugin.net, **({"pretrained": False}
+                                                                            if "pretrained" in plugin.net else {})}}
+                       for name, plugin in plugins.items()},
+        "num_tokens": assembled.num_tokens,  # placeholder tokens per signal: what each adapter hands the LLM
+        "placeholder_ids": dict(formatter.placeholder_ids),
         "system_prompt": cfg["prompt"]["system"],
         "question": dataset.get("question"),
-        "max_length": cfg["data"]["max_length"],
-        "max_new_tokens": cfg["data"]["max_new_tokens"],
-        "answer_classes": dict(cfg["data"]["answer_classes"]),
-        "label_scores": cfg["data"].get("label_scores"),
-        "report_metrics": cfg["data"].get("report_metrics", False),
-        "encoder": {"class": cfg["encoder"]["net"]["_target_"], "kwargs": net},
-        "adapter": {"class": cfg["adapter"]["_target_"], "kwargs": adapter_kwargs, "in_dim": encoder.out_dim,
-                    "out_dim": hidden},
+        "max_length": data["max_length"],
+        "max_new_tokens": data["max_new_tokens"],
+        "answer_classes": dict(data["answer_classes"]),
+        "answer_parts": {part: dict(classes) for part, classes in (data.get("answer_parts") or {}).items()},
+        "label_scores": data.get("label_scores"),
+        "report_metrics": data.get("report_metrics", False),
+        "adapter": {"class": cfg["adapter"]["_target_"], "kwargs": adapter_kwargs,
+                    "in_dims": {name: encoder.out_dim for name, encoder in encoders.items()}, "out_dim": hidden},
         "llm": {"target": cfg["model"]["llm"]["_target_"], "kwargs": llm_kwargs, "identity": llm.identity,
                 "dtype": llm_kwargs["dtype"], "lora": lora},
-        # The pipelines that made the encoder's inputs in training, so inference prepares files the same way.
-        "ecg_preprocessing": hydra_kwargs(dataset["preprocessing"]) if dataset.get("preprocessing") else None,
-        "xray_images": hydra_kwargs(images, ("_target_", "cache_dir", "workers")) if images else None,
-        "normalization": (ckpt.get("MultimodalDataModule") or {}).get("normalization"),
+        "normalization": normalization,  # the training split's statistics, by modality (or None)
         "data": {"dataset": dataset["_target_"], "task": dataset.get("task")},
     }
-    return RestoredModel(model.eval(), formatter, config, cfg, lora, stage["train_llm"])
+    return RestoredModel(model.eval(), formatter, config, cfg, lora, stage["train_llm"], plugins)

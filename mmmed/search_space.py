@@ -7,11 +7,11 @@ from :func:`optuna_params`.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import yaml
 
-SWEEPS = Path(__file__).resolve().parents[1] / "conf" / "sweep"
+from mmmed.config_dir import config_dir
+
+SWEEPS = config_dir() / "sweep"  # the installed conf/sweep (a wheel has it too)
 
 
 def load_sweep(name: str) -> dict:

@@ -18,10 +18,11 @@ def names(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("encoder", names("encoder"))
-def test_every_encoder_builds_and_emits_its_declared_tokens(compose, encoder, tmp_path):
-    cfg = compose([f"encoder={encoder}"], tmp_path)
-    net = instantiate(cfg.encoder.net)
+@pytest.mark.parametrize("modality", names("modality"))
+def test_every_modality_encoder_builds_and_emits_its_declared_tokens(compose, modality, tmp_path):
+    cfg = compose([f"modality=[{modality}]"], tmp_path)
+    assert list(cfg.modalities) == [modality] and cfg.modalities[modality].name == modality
+    net = instantiate(cfg.modalities[modality].net)
     example = net.example_input(2)  # every encoder says what input it takes
     tokens = net(**example) if isinstance(example, dict) else net(example)
     assert tokens.shape == (2, net.num_tokens, net.out_dim)
@@ -31,23 +32,26 @@ def test_every_encoder_builds_and_emits_its_declared_tokens(compose, encoder, tm
 
 
 XRAY_DATA = {"mimic_cxr", "mimic_cxr_demo", "chexpert", "xray_manifest"}
+PATIENT_DATA = {"patient_demo", "patient_manifest"}  # records of several modalities
 
 
 @pytest.mark.parametrize("data", names("data"))
 def test_every_data_config_composes_with_its_modality(compose, data, tmp_path):
-    encoder = "xray" if data in XRAY_DATA else "ecg"
-    cfg = compose([f"encoder={encoder}", f"data={data}", "data.root=/data/somewhere"], tmp_path)
+    modalities = "[ecg,xray]" if data in PATIENT_DATA else "[xray]" if data in XRAY_DATA else "[ecg]"
+    cfg = compose([f"modality={modalities}", f"data={data}", "data.root=/data/somewhere"], tmp_path)
     assert get_class(cfg.data.dataset._target_) and get_class(cfg.data._target_)
-    assert cfg.data.dataset.root == "/data/somewhere"
+    assert cfg.data.root == "/data/somewhere"
     question = cfg.data.dataset.get("question")
     if question:  # manifests and ECG-QA carry their questions in their files
-        assert f"<{cfg.encoder.modality}>" in question
-    if encoder == "xray":  # the image size follows the encoder's
-        assert cfg.data.dataset.images.size == cfg.encoder.net.img_size
-    else:  # every ECG source runs the one shared pipeline, and the encoder takes its leads
-        assert cfg.data.dataset.preprocessing == cfg.ecg_signal.preprocessing
+        assert any(f"<{name}>" in question for name in cfg.modalities)
+    if "xray" in cfg.modalities and data not in PATIENT_DATA:  # decoding follows the modality's settings
+        assert cfg.data.dataset.images.size == cfg.modalities.xray.net.img_size == cfg.modalities.xray.images.size
+        assert {k: cfg.data.dataset.images[k] for k in ("apply_voi", "no_window", "percentiles")} == \
+            {k: cfg.modalities.xray.images[k] for k in ("apply_voi", "no_window", "percentiles")}
+    if "ecg" in cfg.modalities and data not in PATIENT_DATA:  # one shared pipeline; the encoder takes its leads
+        assert cfg.data.dataset.preprocessing == cfg.modalities.ecg.preprocessing == cfg.ecg_signal.preprocessing
         assert cfg.data.dataset.cache == cfg.ecg_signal.cache
-        assert cfg.encoder.net.in_leads == len(cfg.ecg_signal.preprocessing.leads)
+        assert cfg.modalities.ecg.net.in_leads == len(cfg.ecg_signal.preprocessing.leads)
         assert {s.train for s in cfg.data.splits.values()} == {True, False} and cfg.data.splits.train.train
 
 
@@ -90,3 +94,14 @@ def test_encoder_choice_selects_its_data_and_data_stays_overridable(compose, tmp
     assert "radiology" in cfg.prompt.system
     cfg = compose(["encoder=xray", "data=mimic_cxr", "data.root=/data/mimic-cxr", "prompt=cardiology"], tmp_path)
     assert cfg.data.prepare is None and "cardiology" in cfg.prompt.system
+
+
+def test_the_encoder_recipe_sets_one_modality_and_a_list_sets_several_in_order(compose, tmp_path):
+    assert list(compose(["encoder=ecg"], tmp_path).modalities) == ["ecg"]
+    cfg = compose(["encoder=xray"], tmp_path)
+    assert list(cfg.modalities) == ["xray"]
+    assert cfg.modalities.xray.images.no_window == "full_range"  # the demo data's decode policy reaches the plugin
+    assert compose(["encoder=xray", "data=mimic_cxr", "data.root=/d"], tmp_path).modalities.xray.images.no_window == \
+        "percentile"
+    assert list(compose(["modality=[ecg,xray]"], tmp_path).modalities) == ["ecg", "xray"]
+    assert list(compose(["modality=[xray,ecg]"], tmp_path).modalities) == ["xray", "ecg"]  # the untagged order

@@ -293,7 +293,7 @@ def test_fsdp_wraps_each_decoder_layer_of_the_llm_families(tiny_llm):
 def test_fsdp_gives_every_encoder_and_adapter_its_own_unit(compose, encoder):
     """FSDP1 flattens a unit into one tensor of one dtype: fp32 encoders and adapters must not share the bf16 LLM's."""
     cfg = compose([f"encoder={encoder}"])
-    net = instantiate(cfg.encoder.net)
+    net = instantiate(cfg.modalities.ecg.net)
     assert _fsdp_units(net) == [""], f"add {type(net).__name__} to conf/trainer/fsdp.yaml's module_classes"
     for adapter in sorted(p.stem for p in (REPO / "conf" / "adapter").glob("*.yaml")):
         module = instantiate(compose([f"encoder={encoder}", f"adapter={adapter}"]).adapter)(in_dim=net.out_dim, out_dim=64)

@@ -27,7 +27,7 @@ from tests.conftest import compose_app
 from train import train
 
 pytestmark = pytest.mark.slow
-ECG_PICTURE_PX = (1102, 866)  # 280 x 220 mm at 100 dpi (mmmed/plots.py)
+ECG_PICTURE_PX = (1102, 866)  # 280 x 220 mm at 100 dpi (datasets/ecg_plot.py)
 XRAY_PICTURE_PX = (600, 780)  # 6.0 x 7.8 in at 100 dpi
 FAST = ["logger=csv", "trainer.log_every_n_steps=1", "scheduler.warmup_steps=4", "trainer.limit_test_batches=1"]
 
@@ -51,7 +51,7 @@ def xray_run(tmp_path_factory) -> Path:
     root = ensure_demo_mimic_cxr(out / "demo", num_patients=30, rows=96, cols=80, seed=0)
     cfg = compose_app("train", ["encoder=xray", f"data.root={root}", "data.prepare.num_patients=30",
                                 "data.prepare.rows=96", "data.prepare.cols=80", "data.dataset.views=null",
-                                "encoder.net.img_size=32", "encoder.net.num_tokens=4", "encoder.net.model_kwargs.depth=1",
+                                "modalities.xray.net.img_size=32", "modalities.xray.net.num_tokens=4", "modalities.xray.net.model_kwargs.depth=1",
                                 f"data.dataset.images.cache_dir={out / 'cache'}", "data.dataset.images.workers=1",
                                 "trainer.max_steps=12", "trainer.val_check_interval=12", *FAST],
                       out / "run", resolve=True)

@@ -40,7 +40,7 @@ def part_of(key: str) -> str:
     "stage, extra, trained",
     [
         ("align", [], {"adapter", "encoder"}),
-        ("align", ["encoder.trainable=false"], {"adapter"}),
+        ("align", ["modalities.ecg.trainable=false"], {"adapter"}),
         ("instruct", [], {"adapter", "encoder", "lora"}),
         # Full fine-tuning keeps fp32 master weights: bf16 weights would round most small updates away.
         ("full", ["model.llm.dtype=float32", "param_groups.llm.lr=1.0e-4"], {"adapter", "encoder", "llm"}),

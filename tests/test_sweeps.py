@@ -51,7 +51,7 @@ def sampled(path: Path) -> dict[str, object]:
 def test_there_are_sweeps_for_learning_rates_adapters_and_encoder_tokens():
     assert [p.stem for p in SWEEP_FILES] == ["adapter", "encoder_tokens", "learning_rates"]
     searched = {name for p in SWEEP_FILES for name in yaml.safe_load(p.read_text())["parameters"]}
-    assert {"param_groups.adapter.lr", "param_groups.encoder.lr", "adapter", "encoder.net.num_tokens"} <= searched
+    assert {"param_groups.adapter.lr", "param_groups.encoder.lr", "adapter", "modalities.ecg.net.num_tokens"} <= searched
 
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.stem)
@@ -131,7 +131,7 @@ def test_optuna_params_are_the_wandb_search_space():
     }
     assert optuna_params("adapter") == {
         "adapter": "choice(linear, mlp, perceiver)", "param_groups.adapter.lr": "choice(0.0003, 0.001, 0.003)"}
-    assert optuna_params("encoder_tokens") == {"encoder.net.num_tokens": "choice(4, 8, 16, 32)",
+    assert optuna_params("encoder_tokens") == {"modalities.ecg.net.num_tokens": "choice(4, 8, 16, 32)",
                                                "adapter": "choice(linear, mlp)"}
     with pytest.raises(FileNotFoundError, match="No sweep .*nope.yaml; available: \\['adapter'"):
         optuna_params("nope")

@@ -100,8 +100,9 @@ def test_training_split_statistics_are_saved_and_eval_windows_vote(compose, demo
     train_records = table[table["strat_fold"] <= 8]["filename_lr"]
     stored = np.concatenate([wfdb.rdrecord(str(demo_root / rel)).p_signal for rel in train_records])  # (N*T, 12)
     saved = json.loads((tmp_path / "run" / "data_normalization.json").read_text())
-    np.testing.assert_allclose(saved["mean"], stored.mean(0), rtol=0, atol=1e-6)  # 100 Hz: no resampling
-    np.testing.assert_allclose(saved["std"], stored.std(0), rtol=1e-6, atol=0)
+    assert list(saved) == ["ecg"]  # statistics are keyed by modality
+    np.testing.assert_allclose(saved["ecg"]["mean"], stored.mean(0), rtol=0, atol=1e-6)  # 100 Hz: no resampling
+    np.testing.assert_allclose(saved["ecg"]["std"], stored.std(0), rtol=1e-6, atol=0)
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["MultimodalDataModule"]["normalization"] == saved
     # limit_test_batches=1: one batch of 16 windows = records 1 and 2 (7 windows each) and 2 of record 3.

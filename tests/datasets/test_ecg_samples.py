@@ -255,7 +255,9 @@ def test_training_crops_are_random_and_reproducible_under_torch_seed(samples, re
 
 def test_fit_normalization_matches_numpy_over_present_leads(samples, rec, tmp_path):
     ds = dataset(samples, tmp_path, train=True, normalize="dataset")
-    stats = ds.fit_normalization()
+    keyed = ds.fit_normalization()
+    assert list(keyed) == ["ecg"]  # statistics are keyed by modality, as a patient record's are
+    stats = keyed["ecg"]
     assert stats["leads"] == list(CANONICAL_LEADS) and stats["settings"] == pipeline().prepare_settings()
     records = [prepared(rec[name]) for name in ("a", "b", "c")]  # the records the kept samples use
     for k, lead in enumerate(CANONICAL_LEADS):
@@ -269,8 +271,8 @@ def test_fit_normalization_matches_numpy_over_present_leads(samples, rec, tmp_pa
 
 def test_dataset_normalization_serves_standardised_windows(samples, rec, tmp_path):
     ds = dataset(samples, tmp_path, normalize="dataset")
-    stats = ds.fit_normalization()
-    ds.set_normalization(stats)
+    ds.set_normalization(ds.fit_normalization())
+    stats = ds.normalization
     window = ds[1]["signals"]["ecg"][0]["signal"].numpy()  # record b, centre window
     raw = prepared(rec["b"])[:, 50:250].astype(np.float64)
     expected = (raw - np.array(stats["mean"])[:, None]) / np.array(stats["std"])[:, None]
@@ -283,7 +285,7 @@ def test_set_normalization_refuses_other_leads(samples, tmp_path):
     ds = dataset(samples, tmp_path, normalize="dataset")
     other = list(reversed(CANONICAL_LEADS))
     with pytest.raises(ValueError) as info:
-        ds.set_normalization({"leads": other, "mean": [0.0] * 12, "std": [1.0] * 12})
+        ds.set_normalization({"ecg": {"leads": other, "mean": [0.0] * 12, "std": [1.0] * 12}})
     assert str(info.value) == f"normalisation statistics are for leads {other}, not {list(CANONICAL_LEADS)}"
 
 

@@ -99,11 +99,11 @@ def test_gradients_reach_the_vit_in_train_mode():
 
 def test_hydra_encoder_xray_builds_this_encoder_with_matching_data_and_prompt(compose):
     cfg = compose(["encoder=xray", "model=tiny"])
-    enc = hydra.utils.instantiate(cfg.encoder.net)
+    enc = hydra.utils.instantiate(cfg.modalities.xray.net)
     assert isinstance(enc, XrayViTEncoder)
-    assert enc.num_tokens == cfg.encoder.net.num_tokens == 16
-    assert enc.img_size == cfg.encoder.net.img_size
-    assert cfg.data.dataset.images.size == cfg.encoder.net.img_size
+    assert enc.num_tokens == cfg.modalities.xray.net.num_tokens == 16
+    assert enc.img_size == cfg.modalities.xray.net.img_size
+    assert cfg.data.dataset.images.size == cfg.modalities.xray.net.img_size
     assert "radiology" in cfg.prompt.system
     with torch.no_grad():
         out = enc.eval()(torch.rand(1, 1, enc.img_size, enc.img_size))

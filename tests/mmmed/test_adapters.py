@@ -154,7 +154,7 @@ def overrides(demo_root: Path, *extra: str) -> list[str]:
 
 def test_built_run_splices_num_queries_tokens_per_ecg(compose, demo_root, tmp_path):
     cfg = compose(overrides(demo_root, "adapter.num_queries=5"), tmp_path)
-    assert cfg.encoder.net.num_tokens == 8  # the encoder's count differs from the queries'
+    assert cfg.modalities.ecg.net.num_tokens == 8  # the encoder's count differs from the queries'
     run = build_run(cfg)
     assert run.formatter.modalities["ecg"].num_tokens == 5
     run.datamodule.prepare_data()

@@ -38,7 +38,7 @@ STAGES = {
                  "scheduler.warmup_steps=1"],
     "full": ["stage=full", "param_groups.llm.lr=0.01", "scheduler.warmup_steps=1"],
     # The perceiver adapter hands the LLM 16 tokens per film where the ViT gives 4.
-    "xray": ["encoder=xray", "adapter=perceiver", "encoder.net.img_size=32", "encoder.net.num_tokens=4", "encoder.net.model_kwargs.depth=1",
+    "xray": ["encoder=xray", "adapter=perceiver", "modalities.xray.net.img_size=32", "modalities.xray.net.num_tokens=4", "modalities.xray.net.model_kwargs.depth=1",
              "data.dataset.images.workers=1"],
 }
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}
@@ -159,7 +159,8 @@ def test_exported_model_reproduces_the_trained_model_without_pickle(stage, train
     files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
     llm_files = {"align": set(), "xray": set(), "full": {"llm/model.safetensors", "llm/config.json"},
                  "instruct": {"lora/adapter_model.safetensors", "lora/adapter_config.json"}}[stage]
-    assert {"mmmed_config.json", "encoder.safetensors", "adapter.safetensors", "README.md",
+    modality = "xray" if stage == "xray" else "ecg"
+    assert {"mmmed_config.json", f"encoders/{modality}.safetensors", f"adapters/{modality}.safetensors", "README.md",
             "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json"} | llm_files <= files
     assert not {f for f in files if Path(f).suffix in PICKLE_SUFFIXES}
     assert not any(f.startswith("llm/") for f in files) or stage == "full"
@@ -173,8 +174,8 @@ def test_exported_model_reproduces_the_trained_model_without_pickle(stage, train
     state = predictor.model.state_dict()
     for key, value in ckpt["state_dict"].items():  # every trained tensor, bit for bit
         assert torch.equal(state[key.removeprefix("model.")], value), key
-    modality = config["modality"]
-    assert predictor.tokenizer.convert_tokens_to_ids(f"<|{modality}_pad|>") == config["placeholder_id"]
+    assert list(config["modalities"]) == [modality]
+    assert predictor.tokenizer.convert_tokens_to_ids(f"<|{modality}_pad|>") == config["placeholder_ids"][modality]
 
     run = training_side(cfg, ckpt_path)
     batch = next(iter(run.datamodule.val_dataloader()))
@@ -235,9 +236,10 @@ def test_answer_file_runs_the_stored_ecg_pipeline_like_the_dataset(stage, traine
 def test_answer_file_decodes_a_radiograph_like_the_dataset(trained, tmp_path):
     cfg, ckpt_path = trained("xray")
     predictor = load_exported(export_checkpoint(ckpt_path, tmp_path / "export"))
-    assert predictor.config["xray_images"] == {"size": 32, "apply_voi": True, "no_window": "full_range", "percentiles": [0.5, 99.5]}
-    assert predictor.config["encoder"]["kwargs"]["pretrained"] is False
-    assert predictor.config["num_tokens"] == 16 and predictor.model.encoders["xray"].num_tokens == 4
+    node = predictor.config["modalities"]["xray"]
+    assert node["images"] == {"size": 32, "apply_voi": True, "no_window": "full_range", "percentiles": [0.5, 99.5]}
+    assert node["net"]["pretrained"] is False and node["cache_dir"] is None
+    assert predictor.config["num_tokens"] == {"xray": 16} and predictor.model.encoders["xray"].num_tokens == 4
     run = training_side(cfg, ckpt_path)
     dataset = run.datamodule.splits["val"]
     for index in (0, 1):
@@ -250,6 +252,7 @@ def test_answer_file_decodes_a_radiograph_like_the_dataset(trained, tmp_path):
 
 @pytest.mark.parametrize("field, path, defined_in", [
     ("encoder", "os.system", None),
+    ("modality", "subprocess.run", None),
     ("adapter", "builtins.eval", None),
     ("llm", "subprocess.Popen", None),
     ("encoder", "mmmed.lightning_module.LambdaLR", "torch.optim.lr_scheduler"),  # imported into mmmed, not defined there
@@ -258,9 +261,14 @@ def test_a_class_outside_the_allowlist_is_refused(field, path, defined_in, train
     _, ckpt_path = trained("align")
     out = export_checkpoint(ckpt_path, tmp_path / "export")
     config = json.loads((out / "mmmed_config.json").read_text())
-    config[field]["target" if field == "llm" else "class"] = path
+    if field == "encoder":
+        config["modalities"]["ecg"]["net"]["_target_"] = path
+    elif field == "modality":
+        config["modalities"]["ecg"]["_target_"] = path
+    else:
+        config[field]["target" if field == "llm" else "class"] = path
     (out / "mmmed_config.json").write_text(json.dumps(config))
-    message = f"defined in '{defined_in}'" if defined_in else "may only name classes from mmmed.\\*, mmmed_encoders.\\*"
+    message = f"defined in '{defined_in}'" if defined_in else "may only name classes from mmmed.\\*, mmmed_encoders.\\*, mmmed_datasets.\\*"
     with pytest.raises(ValueError, match=f"Refusing .*{message}"):
         load_exported(out)
 
@@ -270,12 +278,12 @@ def test_model_card_config_and_refusals(trained, tmp_path):
     out = export_checkpoint(ckpt_path, tmp_path / "export")
     config = json.loads((out / "mmmed_config.json").read_text())
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    assert config["normalization"] == ckpt["MultimodalDataModule"]["normalization"]
-    pipeline = {k: v for k, v in OmegaConf.to_container(cfg.ecg_signal.preprocessing).items() if k != "_target_"}
-    assert config["ecg_preprocessing"] == pipeline
+    assert config["normalization"] == ckpt["MultimodalDataModule"]["normalization"] and list(config["normalization"]) == ["ecg"]
+    pipeline = OmegaConf.to_container(cfg.ecg_signal.preprocessing)
+    assert config["modalities"]["ecg"]["preprocessing"] == pipeline
     assert config["llm"]["kwargs"]["seed"] == cfg.seed and config["llm"]["identity"] == ckpt["mmmed_llm"]
     assert (config["num_tokens"], config["max_new_tokens"], config["system_prompt"]) == (
-        cfg.encoder.net.num_tokens, cfg.data.max_new_tokens, cfg.prompt.system)
+        {"ecg": cfg.modalities.ecg.net.num_tokens}, cfg.data.max_new_tokens, cfg.prompt.system)
     card = (out / "README.md").read_text()
     metrics = json.loads((ckpt_path.parent.parent / "metrics.json").read_text())
     assert f"- val/loss: {metrics['val/loss']:.4g}" in card

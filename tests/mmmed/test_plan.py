@@ -77,7 +77,7 @@ def test_every_scale_and_encoder_plans_with_encoder_and_adapter_trainable(scale,
     cfg = compose_config([f"model={scale}", f"encoder={encoder}", "stage=align"])
     result = plan(cfg)
     # Independently: encoder and adapter built for real on the CPU, the LLM width read from the JSON.
-    net = instantiate(cfg.encoder.net)
+    net = instantiate(cfg.modalities[encoder].net)
     adapter = instantiate(cfg.adapter)(in_dim=net.out_dim, out_dim=numbers(cfg.model.preset)["hidden_size"])
     encoder_count = sum(p.numel() for p in net.parameters())
     adapter_count = sum(p.numel() for p in adapter.parameters())
@@ -194,6 +194,6 @@ def test_cli_prints_the_table():
     out = subprocess.run([sys.executable, "-m", "mmmed.plan", "model=large", "encoder=xray"], cwd=REPO,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert "Qwen/Qwen2.5-7B-Instruct" in out.stdout and "encoder=xray" in out.stdout
+    assert "Qwen/Qwen2.5-7B-Instruct" in out.stdout and "modalities=xray" in out.stdout
     for row in ("llm", "encoder", "adapter", "trainable weights", "activations", "peak"):
         assert row in out.stdout

@@ -12,7 +12,7 @@ import torch
 
 import eval as eval_script
 import predict as predict_script
-from mmmed.preflight import ConfigError, check_train_config
+from mmmed.preflight import check_plugin_settings, run_checks, ConfigError, check_train_config
 from tests.conftest import REPO, compose_app
 
 CONF = REPO / "conf"
@@ -24,13 +24,15 @@ def names(group: str) -> list[str]:
 
 
 def problems_of(cfg) -> list[str]:
-    """The problems check_train_config reports (empty when it passes)."""
-    try:
-        check_train_config(cfg)
-    except ConfigError as err:
-        assert str(err).startswith(f"{len(err.problems)} config problem(s)")
-        assert all(f"  - {p}" in str(err) for p in err.problems)  # the message lists every problem
-        return err.problems
+    """The problems check_train_config reports, then the modality plugins' own (build_run runs those before the
+    LLM loads: they import the plugins); empty when both pass."""
+    for check in (check_train_config, lambda c: run_checks(c, (check_plugin_settings,))):
+        try:
+            check(cfg)
+        except ConfigError as err:
+            assert str(err).startswith(f"{len(err.problems)} config problem(s)")
+            assert all(f"  - {p}" in str(err) for p in err.problems)  # the message lists every problem
+            return err.problems
     return []
 
 
@@ -39,9 +41,9 @@ def problems_of(cfg) -> list[str]:
 
 @pytest.mark.parametrize("data", names("data"))
 def test_every_data_config_with_an_existing_root_passes(compose, data, tmp_path):
-    encoder = "xray" if data in XRAY_DATA else "ecg"
+    modalities = "[ecg,xray]" if data.startswith("patient_") else "[xray]" if data in XRAY_DATA else "[ecg]"
     extra = [f"data.dataset.ptbxl_root={tmp_path}"] if data == "ecg_qa" else []  # ECG-QA names two folders
-    cfg = compose([f"encoder={encoder}", f"data={data}", f"data.root={tmp_path}", *extra], tmp_path / "run")
+    cfg = compose([f"modality={modalities}", f"data={data}", f"data.root={tmp_path}", *extra], tmp_path / "run")
     assert problems_of(cfg) == []
 
 
@@ -82,16 +84,18 @@ BAD = {  # id: (overrides, the one problem's exact beginning)
     "xray_root_missing": (["encoder=xray", "data=chexpert", f"data.root={MISSING}"],
                           f"data.root={MISSING}: no such file or folder."),
     "ecg_qa_ptbxl_root_unset": (["data=ecg_qa", "data.root=."], "data.dataset.ptbxl_root is not set"),
-    "in_leads": (["encoder.net.in_leads=8"], "encoder.net.in_leads=8 but ecg_signal.preprocessing.leads lists 12 leads"),
+    "in_leads": (["modalities.ecg.net.in_leads=8"],
+                 "modalities.ecg.net.in_leads=8 but ecg_signal.preprocessing.leads lists 12 leads"),
     "leads_list": (["ecg_signal.preprocessing.leads=[I,II,V1]"],
-                   "encoder.net.in_leads=12 but ecg_signal.preprocessing.leads lists 3 leads (I, II, V1): "
-                   "set encoder.net.in_leads=3"),
+                   "modalities.ecg.net.in_leads=12 but ecg_signal.preprocessing.leads lists 3 leads (I, II, V1): "
+                   "set modalities.ecg.net.in_leads=3"),
     "xray_tag_for_ecg": (["data.dataset.question='<xray> What rhythm does this ECG show?'"],
                          "data.dataset.question='<xray> What rhythm does this ECG show?' has tag(s) <xray> but "
-                         "encoder.modality=ecg reads '<ecg>'"),
+                         "the run reads <ecg>"),
     "ecg_question_for_xray": (["encoder=xray", "data=ptbxl", "data.root=."],
                               "data.dataset.question='<ecg>\\nWhat rhythm does this ECG show?' has tag(s) <ecg> but "
-                              "encoder.modality=xray reads '<xray>'"),
+                              "the run reads <xray>"),
+    "modality_misnamed": (["modalities.ecg.name=heart"], "modalities.ecg.name='heart': must be 'ecg'"),
     "ecg_qa_template": (["data=ecg_qa_demo", "data.dataset.comparison_template='<xray> <ecg> {question}'"],
                         "data.dataset.comparison_template='<xray> <ecg> {question}' has tag(s) <xray> but"),
     "full_stage_bf16": (["stage=full"], "model.llm.dtype=bfloat16 with stage=full: this stage trains the LLM's own weights"),
@@ -173,7 +177,7 @@ def test_train_refuses_a_bad_config_before_the_llm_loads(compose, tmp_path, monk
     # looks the name up in the module: replacing it there catches every load.
     monkeypatch.setattr("mmmed.llm.load_llm", refuse)
     monkeypatch.setattr("mmmed.llm.random_llm", refuse)
-    for overrides in (["encoder.net.in_leads=8"], ["model=tiny", "trainer.max_steps=0"], ["stage=full"]):
+    for overrides in (["modalities.ecg.net.in_leads=8"], ["model=tiny", "trainer.max_steps=0"], ["stage=full"]):
         with pytest.raises(ConfigError) as error:
             train(compose(overrides, tmp_path / "run"))
         assert overrides[-1].split("=")[0] in str(error.value)
