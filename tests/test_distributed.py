@@ -289,14 +289,14 @@ def test_fsdp_wraps_each_decoder_layer_of_the_llm_families(tiny_llm):
         assert _fsdp_units(llm) == [f"model.layers.{i}" for i in range(llm.config.num_hidden_layers)]
 
 
-@pytest.mark.parametrize("encoder", sorted(p.stem for p in (REPO / "conf" / "encoder").glob("*.yaml")))
-def test_fsdp_gives_every_encoder_and_adapter_its_own_unit(compose, encoder):
+@pytest.mark.parametrize("modality", sorted(p.stem for p in (REPO / "conf" / "modality").glob("*.yaml")))
+def test_fsdp_gives_every_encoder_and_adapter_its_own_unit(compose, modality):
     """FSDP1 flattens a unit into one tensor of one dtype: fp32 encoders and adapters must not share the bf16 LLM's."""
-    cfg = compose([f"encoder={encoder}"])
-    net = instantiate(cfg.modalities.ecg.net)
+    cfg = compose([f"modality=[{modality}]"])
+    net = instantiate(cfg.modalities[modality].net)
     assert _fsdp_units(net) == [""], f"add {type(net).__name__} to conf/trainer/fsdp.yaml's module_classes"
     for adapter in sorted(p.stem for p in (REPO / "conf" / "adapter").glob("*.yaml")):
-        module = instantiate(compose([f"encoder={encoder}", f"adapter={adapter}"]).adapter)(in_dim=net.out_dim, out_dim=64)
+        module = instantiate(compose([f"modality=[{modality}]", f"adapter={adapter}"]).adapter)(in_dim=net.out_dim, out_dim=64)
         assert _fsdp_units(module) == [""], f"add {type(module).__name__} to conf/trainer/fsdp.yaml's module_classes"
 
 
