@@ -3,7 +3,7 @@
 Writes ``eval.json`` (every metric: accuracy, per-class precision/recall/F1, exact match, label-set
 AUROC with bootstrap intervals, report BLEU/ROUGE-L), ``generations.jsonl``, and pictures of the first
 records; logs the scalars and a generations table with the pictures to W&B. Answers are generated and
-scored by ``mmmed.evaluation.Evaluator``: the code validation runs during training.
+scored by ``mmmed.eval.evaluation.Evaluator``: the code validation runs during training.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mmmed.build import build_evaluator
-from mmmed.datamodule import MultimodalDataModule
-from mmmed.evaluation import json_safe, scalar_metrics
-from mmmed.inference import MultimodalPredictor, load
-from mmmed.metrics import CROP_SEPARATOR
-from mmmed.preflight import check_eval_config
+from mmmed.train.build import build_evaluator
+from mmmed.train.datamodule import MultimodalDataModule
+from mmmed.eval.evaluation import json_safe, scalar_metrics
+from mmmed.infer.inference import MultimodalPredictor, load
+from mmmed.eval.metrics import CROP_SEPARATOR
+from mmmed.train.preflight import check_eval_config
 
 log = logging.getLogger("mmmed.eval")
 SPLITS = ("train", "val", "test")

@@ -18,9 +18,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from mmmed.generation import GenerationSettings
-from mmmed.inference import RECORD_SEPARATOR, MultimodalPredictor, load
-from mmmed.preflight import check_predict_config
+from mmmed.model.generation import GenerationSettings
+from mmmed.infer.inference import RECORD_SEPARATOR, MultimodalPredictor, load
+from mmmed.train.preflight import check_predict_config
 
 log = logging.getLogger("mmmed.predict")
 

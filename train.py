@@ -11,8 +11,8 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mmmed.job_sizes import register_resolvers
-from mmmed.preflight import check_train_config
+from mmmed.cluster.job_sizes import register_resolvers
+from mmmed.train.preflight import check_train_config
 
 # Only light imports above this line: a bad setting is reported in about a second, before Lightning,
 # torch and transformers load (several seconds); train() imports them after the pre-flight check.
@@ -48,19 +48,19 @@ def train(cfg: DictConfig) -> dict:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from safetensors.torch import save_file
 
-    from mmmed import cluster
-    from mmmed.build import build_run, parameter_counts
-    from mmmed.checkpoint_io import verified_resume
-    from mmmed.evaluation import json_safe
-    from mmmed.preflight import check_plugin_settings, run_checks
+    from mmmed.cluster import slurm
+    from mmmed.train.build import build_run, parameter_counts
+    from mmmed.train.checkpoint_io import verified_resume
+    from mmmed.eval.evaluation import json_safe
+    from mmmed.train.preflight import check_plugin_settings, run_checks
 
     run_checks(cfg, (check_plugin_settings,))  # each modality's own settings: its plugin's module is loaded now
     out_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
-    on_cluster = cluster.prepare(cfg, out_dir)  # SLURM requeue + environment; the W&B run id kept in out_dir
+    on_cluster = slurm.prepare(cfg, out_dir)  # SLURM requeue + environment; the W&B run id kept in out_dir
     # Checked before minutes of loading: a truncated or altered checkpoint stops here or, with
     # resume_corrupt=previous, gives way to the newest valid one beside it.
-    resume = verified_resume(cluster.resume_from(cfg.get("ckpt_path"), out_dir), cfg.resume_corrupt)
+    resume = verified_resume(slurm.resume_from(cfg.get("ckpt_path"), out_dir), cfg.resume_corrupt)
     run = build_run(cfg)
     callbacks = _instantiate_group(cfg.get("callbacks")) + on_cluster["callbacks"]
     loggers = _instantiate_group(cfg.get("logger"))

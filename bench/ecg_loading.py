@@ -39,9 +39,9 @@ import wfdb
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mmmed_datasets.ecg_cache import POOL_MIN_RECORDS, ECGSignalCache  # noqa: E402
-from mmmed_datasets.ecg_preprocess import ECGPreprocessing  # noqa: E402
-from mmmed_datasets.wfdb_ecg import read_wfdb  # noqa: E402
+from mmmed_datasets.ecg.ecg_cache import POOL_MIN_RECORDS, ECGSignalCache  # noqa: E402
+from mmmed_datasets.ecg.ecg_preprocess import ECGPreprocessing  # noqa: E402
+from mmmed_datasets.ecg.wfdb_ecg import read_wfdb  # noqa: E402
 
 FS, SECONDS = 500, 10
 LEAD_NAMES = ["I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6"]  # PTB-XL's spelling
@@ -147,10 +147,10 @@ def main() -> None:
     from torch.utils.data import DataLoader
     from transformers.utils import logging as hf_logging
 
-    from mmmed.build import build_run, parameter_counts
-    from mmmed.collate import MultimodalCollator
+    from mmmed.train.build import build_run, parameter_counts
+    from mmmed.model.collate import MultimodalCollator
     from mmmed.config_dir import config_dir
-    from mmmed_datasets.ecg_samples import ECGSample, ECGSampleDataset
+    from mmmed_datasets.ecg.ecg_samples import ECGSample, ECGSampleDataset
 
     hf_logging.disable_progress_bar()  # the checkpoint-loading bar would split the table
     workers = args.workers if args.workers is not None else os.cpu_count() or 1

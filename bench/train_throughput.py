@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.batch_size=16")
     args = parser.parse_args()
 
-    from mmmed.build import build_run
+    from mmmed.train.build import build_run
     from mmmed.config_dir import config_dir
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):

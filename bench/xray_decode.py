@@ -24,9 +24,9 @@ from pydicom.uid import generate_uid
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mmmed_datasets.xray_cache import XrayImageCache  # noqa: E402
-from mmmed_datasets.xray_demo import ENCODINGS, build_dicom, draw_chest, encode_display  # noqa: E402
-from mmmed_datasets.xray_image import letterbox, read_radiograph  # noqa: E402
+from mmmed_datasets.xray.xray_cache import XrayImageCache  # noqa: E402
+from mmmed_datasets.demo.xray_demo import ENCODINGS, build_dicom, draw_chest, encode_display  # noqa: E402
+from mmmed_datasets.xray.xray_image import letterbox, read_radiograph  # noqa: E402
 
 
 def write_films(folder: Path, side: int, count: int) -> dict[str, list[Path]]:

@@ -50,7 +50,7 @@ from safetensors import safe_open
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: mmmed and mmmed_datasets come from this checkout
-from mmmed.checkpoint_io import CHECKSUM_DIR, checksum_path, checkpoint_step, file_sha256, verify_checkpoint  # noqa: E402
+from mmmed.train.checkpoint_io import CHECKSUM_DIR, checksum_path, checkpoint_step, file_sha256, verify_checkpoint  # noqa: E402
 
 POISON_STEP = 4      # the optimizer step whose gradient PoisonGradient makes NaN
 DISK_FULL_FROM = 5   # the disk-full case resumes from this step's checkpoint
@@ -416,7 +416,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.kills < 1:
         parser.error("--kills must be >= 1")
-    from mmmed_datasets.ecg_demo import ensure_demo_ptbxl
+    from mmmed_datasets.demo.ecg_demo import ensure_demo_ptbxl
 
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="mmmed-faults-"))).resolve()
     print(f"runs in {workdir}", flush=True)

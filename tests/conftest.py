@@ -38,7 +38,7 @@ NANO_SOURCE = {
 @pytest.fixture(scope="session")
 def tiny_llm_session():
     """A 2-layer random Llama (hidden 64) with SmolLM2's real tokenizer."""
-    from mmmed.llm import random_llm
+    from mmmed.model.llm import random_llm
 
     return random_llm(NANO_SOURCE, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, dtype="float32", seed=0)
 
@@ -94,7 +94,7 @@ def tiny_ecg_run(tmp_path_factory) -> tuple[Path, Path]:
     """(run folder, demo root): a 2-step tiny model on the 30-patient PTB-XL demo, trained on
     "<ecg>\\nWhat rhythm does this ECG show?" with 5 s ECG windows (the default data config says 10 s).
     Shared by the predict and eval script tests: training it costs ~30-50 s."""
-    from mmmed_datasets.ecg_demo import ensure_demo_ptbxl
+    from mmmed_datasets.demo.ecg_demo import ensure_demo_ptbxl
     from train import train
 
     out = tmp_path_factory.mktemp("tiny_ecg_run")
@@ -105,3 +105,36 @@ def tiny_ecg_run(tmp_path_factory) -> tuple[Path, Path]:
                       out / "run", resolve=True)
     train(cfg)
     return out / "run", root
+
+
+@pytest.fixture
+def check_long_text_block():
+    """Checks a picture's text block (mmmed/eval/plots.py) with a long question and answer: ``check(make, label)``
+    calls ``make(question=, reference=, answer=)`` for a figure whose picture is the Axes labelled ``label``; the
+    question is wrapped and whole, the answer capped at 4 lines with an ellipsis, and every line is above the picture."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    def check(make, picture_label: str) -> None:
+        words = [f"word{i:03d}" for i in range(400)]
+        question, answer = " ".join(words[:30]), " ".join(words)
+        fig = make(question=question, reference="sinus\nrhythm", answer=answer)
+        (below,) = [ax for ax in fig.axes if ax.get_label() == picture_label]
+        renderer = FigureCanvasAgg(fig).get_renderer()
+        field = lambda name: [t.get_text() for t in fig.texts if t.get_gid() == f"text:{name}"]  # noqa: E731
+        q_lines, r_lines, m_lines = field("question"), field("reference"), field("model")
+        # the question fits in a few lines: wrapped, nothing lost
+        assert 1 < len(q_lines) <= 4
+        assert " ".join(line.strip() for line in q_lines) == f"Question: {question}"
+        assert r_lines == ["Reference: sinus rhythm"]  # a newline in the text does not add lines
+        # the answer does not fit: 4 lines, the last ending in an ellipsis, the words kept in order
+        assert len(m_lines) == 4 and m_lines[-1].endswith(" …")
+        shown = " ".join(line.strip() for line in m_lines)[len("Model: "):-len(" …")].split()
+        assert shown == words[:len(shown)]
+        top_of_picture = below.get_window_extent(renderer).y1
+        for text in fig.texts:
+            box = text.get_window_extent(renderer)
+            if text.get_gid() and text.get_gid().startswith("text:"):
+                assert 0 <= box.x0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height, text.get_text()
+                assert box.y0 > top_of_picture, text.get_text()
+
+    return check

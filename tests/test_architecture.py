@@ -87,16 +87,28 @@ def test_the_cycle_finder_finds_a_planted_cycle():
 
 def test_the_import_reader_sees_imports_inside_functions(tmp_path):
     source = tmp_path / "m.py"
-    source.write_text("import os\n\ndef f():\n    from mmmed.restore import find_checkpoint\n    from . import model\n")
-    assert imported_modules(source, "mmmed", {"mmmed.restore", "mmmed.model", "mmmed.plots"}) == {
-        "mmmed.restore", "mmmed.model"}
+    source.write_text("import os\n\ndef f():\n    from mmmed.infer.restore import find_checkpoint\n    from . import multimodal_lm\n")
+    assert imported_modules(source, "mmmed.model", {"mmmed.infer.restore", "mmmed.model.multimodal_lm", "mmmed.eval.plots"}) == {
+        "mmmed.infer.restore", "mmmed.model.multimodal_lm"}
 
 
 def test_no_import_cycle_between_core_modules():
     graph = import_graph()
-    assert {"mmmed.inference", "mmmed.restore", "mmmed.assembly", "mmmed.build"} <= set(graph)
-    assert "mmmed.restore" in graph["mmmed.inference"]  # the walk sees real edges
+    assert {"mmmed.infer.inference", "mmmed.infer.restore", "mmmed.model.assembly", "mmmed.train.build"} <= set(graph)
+    assert "mmmed.infer.restore" in graph["mmmed.infer.inference"]  # the walk sees real edges
     assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
+
+
+def test_the_subpackages_depend_in_one_direction():
+    """model <- eval <- train, infer; cluster plans the model: no subpackage imports one that imports it back."""
+    subpackage = lambda module: ".".join(module.split(".")[:2])  # mmmed.model.prompts -> mmmed.model
+    graph: dict[str, set[str]] = {}
+    for module, imports in import_graph().items():
+        graph.setdefault(subpackage(module), set()).update(subpackage(m) for m in imports)
+    graph = {package: imports - {package} for package, imports in graph.items()}
+    assert {"mmmed.model", "mmmed.train", "mmmed.eval", "mmmed.infer", "mmmed.cluster"} <= set(graph)
+    assert graph["mmmed.model"] <= {"mmmed.atomic_files"}  # the model knows nothing of training or evaluation
+    assert find_cycle(graph) is None, f"subpackage cycle: {' -> '.join(find_cycle(graph))}"
 
 
 def test_the_core_names_no_modality_and_imports_no_data_plugin():

@@ -8,8 +8,8 @@ import pytest
 import torch
 from hydra.utils import get_class, instantiate
 
-from mmmed.adapters import num_output_tokens
-from mmmed.llm import _cached_hub_snapshot  # noqa: F401  (import proves the module loads offline)
+from mmmed.model.adapters import num_output_tokens
+from mmmed.model.llm import _cached_hub_snapshot  # noqa: F401  (import proves the module loads offline)
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -86,11 +86,11 @@ def test_debug_and_experiment_configs_compose(compose, group, choice, tmp_path):
 
 def test_encoder_choice_selects_its_data_and_data_stays_overridable(compose, tmp_path):
     cfg = compose(["encoder=ecg"], tmp_path)
-    assert cfg.data.prepare._target_ == "mmmed_datasets.ecg_demo.ensure_demo_ptbxl"
+    assert cfg.data.prepare._target_ == "mmmed_datasets.demo.ecg_demo.ensure_demo_ptbxl"
     cfg = compose(["encoder=ecg", "data=ptbxl", "data.root=/data/ptb-xl"], tmp_path)
     assert cfg.data.prepare is None and cfg.data.dataset.root == "/data/ptb-xl"
     cfg = compose(["encoder=xray"], tmp_path)
-    assert cfg.data.prepare._target_ == "mmmed_datasets.xray_demo.ensure_demo_mimic_cxr"
+    assert cfg.data.prepare._target_ == "mmmed_datasets.demo.xray_demo.ensure_demo_mimic_cxr"
     assert "radiology" in cfg.prompt.system
     cfg = compose(["encoder=xray", "data=mimic_cxr", "data.root=/data/mimic-cxr", "prompt=cardiology"], tmp_path)
     assert cfg.data.prepare is None and "cardiology" in cfg.prompt.system

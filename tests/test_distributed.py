@@ -32,13 +32,15 @@ from safetensors.torch import load_file
 
 from torch.utils.data import BatchSampler
 
-from mmmed.build import build_run
-from mmmed.resumable import EpochShuffleSampler, ResumableDataLoader
-from mmmed_datasets.ecg_demo import ensure_demo_ptbxl
+from mmmed.train.build import build_run
+from mmmed.train.resumable import EpochShuffleSampler, ResumableDataLoader
+from mmmed_datasets.demo.ecg_demo import ensure_demo_ptbxl
+from mmmed_datasets.demo.xray_demo import ensure_demo_mimic_cxr
 
 REPO = Path(__file__).resolve().parents[1]
 WORLD = 2  # ranks in trainer=ddp_cpu / fsdp2_cpu
 STEPS = 3
+PATIENT_SEED = 1234  # the two-modality run's seed: its manifest puts films by that seed's training order
 
 
 @pytest.fixture(scope="module")
@@ -93,17 +95,21 @@ def train_in_subprocess(overrides: list[str], run_dir: Path) -> Path:
     return run_dir
 
 
-def data_parallel_reference(cfg: DictConfig, world: int, steps: int) -> tuple[list[dict[str, torch.Tensor]], int]:
+def data_parallel_reference(cfg: DictConfig, world: int, steps: int,
+                            modalities_seen: list | None = None) -> tuple[list[dict[str, torch.Tensor]], int]:
     """Trained weights ("model."-prefixed) at init and after each step of ``world``-rank data parallelism, in one process.
 
-    Returns the weights per step and the number of trained parameters. Rank r's batches are rank r's
-    share of the (seed, epoch) order (mmmed/resumable.py); the gradient is the mean of the ranks' gradients
+    Returns the weights per step and the number of trained parameters; ``modalities_seen`` (if given) gets, per
+    step, each rank's batch's modalities. As on several ranks, a batch without a modality gives its encoder and
+    adapter a zero gradient (``MultimodalLM.every_modality_in_graph``). Rank r's batches are rank r's
+    share of the (seed, epoch) order (mmmed/train/resumable.py); the gradient is the mean of the ranks' gradients
     (DDP's all-reduce, FSDP2's reduce-scatter). BatchNorm statistics are rank 0's: DDP broadcasts
     rank 0's buffers before each forward, FSDP2 keeps each rank's own and checkpoints rank 0's.
     """
     L.seed_everything(cfg.seed, workers=True)  # as train.py, before building
     run = build_run(cfg)
     model, datamodule = run.module.model, run.datamodule
+    model.every_modality_in_graph = world > 1
     datamodule.prepare_data()
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()
@@ -138,6 +144,8 @@ def data_parallel_reference(cfg: DictConfig, world: int, steps: int) -> tuple[li
                 for name, buffer in model.named_buffers():
                     buffer.copy_(start[name])
                 b = batches[rank]
+                if modalities_seen is not None:
+                    modalities_seen.append((len(history), rank, sorted(b["signals"])))
                 loss, _ = model(b["input_ids"], b["attention_mask"], b["position_ids"], b["labels"], b["signals"])
                 (loss / world).backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.trainer.gradient_clip_val)
@@ -241,6 +249,55 @@ def test_fsdp2_on_cpu_trains_lora_inside_frozen_decoder_layers(demo_root, tmp_pa
     for key in (k for k in lora_keys if ".lora_B." in k):  # PEFT starts B at zero: it moves only if its unit trained
         assert saved[key].abs().sum() > 0, key
     assert all(math.isfinite(float(r["train/loss"])) for r in train_rows(run_dir))
+
+
+@pytest.fixture(scope="module")
+def patient_root(demo_root, tmp_path_factory) -> Path:
+    """A record manifest of two modalities: the 30 demo ECGs (24 train, 3 val, 3 test) and a 64 x 64 demo film for
+    every training record except the 8 in rank 1's first batch, so in step 1 one rank's batch has no X-ray."""
+    films = ensure_demo_mimic_cxr(tmp_path_factory.mktemp("cxr") / "cxr", num_patients=30, rows=64, cols=64, seed=0)
+    dicoms = sorted(films.rglob("*.dcm"))
+    ecgs = list(csv.DictReader(open(demo_root / "ptbxl_database.csv")))
+    # The training sampler's first (seed, epoch 0) batch on rank 1 (batch 8 of data=patient_manifest):
+    without_film = {index for index, _ in list(EpochShuffleSampler(24, PATIENT_SEED, rank=1, world_size=WORLD))[:8]}
+    root = tmp_path_factory.mktemp("patients")
+    with open(root / "records.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, ["patient_id", "split", "ecg", "xray", "question", "answer"])
+        writer.writeheader()
+        for k, row in enumerate(ecgs):
+            split = "train" if k < 24 else "val" if k < 27 else "test"
+            film = "" if split == "train" and k in without_film else str(dicoms[k])
+            writer.writerow({"patient_id": f"P{k:02d}", "split": split, "ecg": str(demo_root / row["filename_lr"]),
+                             "xray": film, "question": "What rhythm does the ECG show?", "answer": row["report"]})
+    return root
+
+
+def patient_overrides(root: Path, *extra: str) -> list[str]:
+    return [
+        "model=tiny", "logger=csv", f"seed={PATIENT_SEED}", "modality=[ecg,xray]", "data=patient_manifest",
+        f"data.root={root}", "prompt=clinical", "data.max_new_tokens=8",
+        "modalities.xray.net.img_size=32", "modalities.xray.net.num_tokens=4",
+        "++modalities.xray.net.model_kwargs={depth:1,embed_dim:16,num_heads:1}",
+        f"trainer.max_steps={STEPS}", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1", "trainer.log_every_n_steps=1", "++optimizer.eps=1e-3", *extra,
+    ]
+
+
+@pytest.mark.slow
+def test_ddp_on_cpu_trains_when_a_rank_has_no_record_of_a_modality(patient_root, tmp_path):
+    """Records without an X-ray: a rank whose batch has none still gives the X-ray encoder and adapter a (zero)
+    gradient, so DDP's all-reduce completes, and the weights are the data-parallel reference's."""
+    cfg = compose_run_config(patient_overrides(patient_root, "trainer=ddp_cpu"), tmp_path / "cfg")
+    seen: list = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        history, num_params = data_parallel_reference(cfg, WORLD, STEPS, seen)
+    finally:
+        torch.set_num_threads(threads)
+    assert (1, 1, ["ecg"]) in seen and (1, 0, ["ecg", "xray"]) in seen  # step 1: rank 1 without, rank 0 with films
+    run_dir = train_in_subprocess(patient_overrides(patient_root, "trainer=ddp_cpu"), tmp_path / "ddp")
+    check_data_parallel_run(run_dir, {"history": history, "num_params": num_params, "batch_size": cfg.data.batch_size})
 
 
 # ---- configs ------------------------------------------------------------------------------------

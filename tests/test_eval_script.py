@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import eval as eval_script
-from mmmed.export import export_checkpoint
+from mmmed.infer.export import export_checkpoint
 from tests.conftest import compose_app
 
 
@@ -24,7 +24,7 @@ def test_another_data_config_is_scored_with_the_models_signal_preparation(tiny_r
                                "num_pictures=1", "evaluation.bootstrap.resamples=50",
                                f"ecg_signal.cache.cache_dir={tmp_path / 'cache'}"], tmp_path / "eval", resolve=False)
     report = eval_script.evaluate(cfg)
-    assert report["data"] == "mmmed_datasets.ptbxl.PTBXLDataset" and report["num_rows"] == 3
+    assert report["data"] == "mmmed_datasets.ecg.ptbxl.PTBXLDataset" and report["num_rows"] == 3
     rows = [json.loads(line) for line in (tmp_path / "eval" / "generations.jsonl").read_text().splitlines()]
     assert rows[0]["question"].startswith("<ecg>\nWhich diagnostic superclasses")  # the superclass task's question
     assert [r["reference"] for r in rows] == ["NORM"] * 3  # every demo record is NORM

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmmed.lightning_module import NonFiniteError
-from mmmed_datasets.ecg_demo import ensure_demo_ptbxl
+from mmmed.train.lightning_module import NonFiniteError
+from mmmed_datasets.demo.ecg_demo import ensure_demo_ptbxl
 from train import train
 
 REPO = Path(__file__).resolve().parents[1]

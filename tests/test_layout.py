@@ -41,10 +41,10 @@ def test_import_datasets_from_repo_root_is_hugging_face():
 
 def test_mmmed_datasets_resolves_to_repo_folder():
     lines = _run(
-        "import mmmed_datasets.ptbxl as p, mmmed_encoders.ecg_cnn as e; print(p.__file__); print(e.__file__)"
+        "import mmmed_datasets.ecg.ptbxl as p, mmmed_encoders.ecg_cnn as e; print(p.__file__); print(e.__file__)"
     )
     assert [Path(line).resolve() for line in lines] == [
-        (REPO / "datasets" / "ptbxl.py").resolve(),
+        (REPO / "datasets" / "ecg" / "ptbxl.py").resolve(),
         (REPO / "encoders" / "ecg_cnn.py").resolve(),
     ]
 

@@ -79,11 +79,11 @@ COMPOSE = """
 import json
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
-import mmmed, mmmed_conf, mmmed.search_space
+import mmmed, mmmed_conf, mmmed.cluster.search_space
 from mmmed.config_dir import config_dir
 
-found = {"files": [mmmed.__file__, mmmed_conf.__file__, str(config_dir()), str(mmmed.search_space.SWEEPS)],
-         "sweeps": sorted(p.name for p in mmmed.search_space.SWEEPS.glob("*.yaml"))}
+found = {"files": [mmmed.__file__, mmmed_conf.__file__, str(config_dir()), str(mmmed.cluster.search_space.SWEEPS)],
+         "sweeps": sorted(p.name for p in mmmed.cluster.search_space.SWEEPS.glob("*.yaml"))}
 with initialize_config_module(config_module="mmmed_conf", version_base="1.3"):
     for name, overrides in [("default", []), ("xray", ["encoder=xray"]),
                             ("mine", ["hydra.searchpath=[file://" + MINE + "]"])]:
@@ -109,17 +109,17 @@ def test_installed_wheel_composes_train_yaml_from_another_directory(wheel_venv, 
     assert found["sweeps"] == sorted(p.name for p in (REPO / "conf" / "sweep").glob("*.yaml"))
     ecg = {"main": ["pkg://mmmed_conf"], "seed": 1234, "llm": "HuggingFaceTB/SmolLM2-135M-Instruct",
            "system": "You are a cardiology assistant. Answer briefly.",
-           "prepare": "mmmed_datasets.ecg_demo.ensure_demo_ptbxl", "slurm": None}
+           "prepare": "mmmed_datasets.demo.ecg_demo.ensure_demo_ptbxl", "slurm": None}
     assert found["default"] == ecg  # the builder's conf/local/default.yaml did not travel
     assert found["xray"] == {**ecg, "system": "You are a radiology assistant. Answer briefly.",
-                             "prepare": "mmmed_datasets.xray_demo.ensure_demo_mimic_cxr"}
+                             "prepare": "mmmed_datasets.demo.xray_demo.ensure_demo_mimic_cxr"}
     assert found["mine"] == {**ecg, "slurm": "from-my-folder"}
 
 
 @pytest.mark.slow  # imports torch and transformers and builds nano on the meta device: 6-13 s
 def test_installed_wheel_runs_the_planner_from_another_directory(wheel_venv, tmp_path):
-    # python -m mmmed.plan composes train.yaml itself (mmmed/config_dir.py), as a wheel user would run it.
-    out = _run([str(wheel_venv.python), "-m", "mmmed.plan", "model=nano"], cwd=tmp_path, env=_clean_env())
+    # python -m mmmed.cluster.plan composes train.yaml itself (mmmed/config_dir.py), as a wheel user would run it.
+    out = _run([str(wheel_venv.python), "-m", "mmmed.cluster.plan", "model=nano"], cwd=tmp_path, env=_clean_env())
     rows = [line.split() for line in out.splitlines() if line.split()[:1] == ["all"]]
     assert rows == [["all", "135,577,216", "1,062,208", "134,515,008"]]  # conf/model/nano.yaml's header figures
 

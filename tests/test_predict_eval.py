@@ -19,15 +19,15 @@ from pydicom.data import get_testdata_file
 
 import eval as eval_script
 import predict as predict_script
-from mmmed.collate import MultimodalCollator
-from mmmed.inference import load
-from mmmed_datasets.ecg_demo import ensure_demo_ptbxl
-from mmmed_datasets.xray_demo import ensure_demo_mimic_cxr
+from mmmed.model.collate import MultimodalCollator
+from mmmed.infer.inference import load
+from mmmed_datasets.demo.ecg_demo import ensure_demo_ptbxl
+from mmmed_datasets.demo.xray_demo import ensure_demo_mimic_cxr
 from tests.conftest import compose_app
 from train import train
 
 pytestmark = pytest.mark.slow
-ECG_PICTURE_PX = (1102, 866)  # 280 x 220 mm at 100 dpi (datasets/ecg_plot.py)
+ECG_PICTURE_PX = (1102, 866)  # 280 x 220 mm at 100 dpi (datasets/ecg/ecg_plot.py)
 XRAY_PICTURE_PX = (600, 780)  # 6.0 x 7.8 in at 100 dpi
 FAST = ["logger=csv", "trainer.log_every_n_steps=1", "scheduler.warmup_steps=4", "trainer.limit_test_batches=1"]
 

@@ -8,7 +8,7 @@ import pytest
 from hydra.errors import OverrideParseException
 
 import predict as predict_script
-from mmmed.inference import load
+from mmmed.infer.inference import load
 from tests.conftest import compose_app
 
 PLAIN = "What rhythm does this ECG show?"

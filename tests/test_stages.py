@@ -7,9 +7,9 @@ import lightning as L
 import pytest
 import torch
 
-from mmmed.build import build_run
-from mmmed.lora import is_lora_parameter
-from mmmed_datasets.ecg_demo import ensure_demo_ptbxl
+from mmmed.train.build import build_run
+from mmmed.model.lora import is_lora_parameter
+from mmmed_datasets.demo.ecg_demo import ensure_demo_ptbxl
 
 STEPS = 16
 

@@ -17,8 +17,8 @@ from omegaconf import OmegaConf
 from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 from wandb.wandb_agent import Agent
 
-from mmmed.search_space import optuna_params
-from mmmed_datasets.ecg_demo import ensure_demo_ptbxl
+from mmmed.cluster.search_space import optuna_params
+from mmmed_datasets.demo.ecg_demo import ensure_demo_ptbxl
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP_FILES = sorted((REPO / "conf" / "sweep").glob("*.yaml"))

@@ -83,7 +83,7 @@ def test_a_test_only_modality_trains_checkpoints_restores_and_answers(tmp_path):
 
     sys.path.insert(0, str(PLUGIN))
     try:
-        from mmmed.inference import load
+        from mmmed.infer.inference import load
 
         predictor = load(tmp_path / "run", trusted_modules=("labs_modality", "labs_encoder"))
         state = predictor.model.state_dict()

@@ -12,7 +12,7 @@ import torch
 import wfdb
 from safetensors.torch import load_file
 
-from mmmed_datasets.ecg_demo import ensure_demo_ptbxl
+from mmmed_datasets.demo.ecg_demo import ensure_demo_ptbxl
 from train import train
 
 
@@ -50,7 +50,7 @@ def test_tiny_run_writes_metrics_small_checkpoints_and_resumes(compose, demo_roo
     assert ckpt["global_step"] == 4
     keys = set(ckpt["state_dict"])
     assert keys and all(k.startswith(("model.encoders.", "model.adapters.")) for k in keys)
-    assert ckpt["mmmed_config"]["model"]["llm"]["_target_"] == "mmmed.llm.random_llm"
+    assert ckpt["mmmed_config"]["model"]["llm"]["_target_"] == "mmmed.model.llm.random_llm"
     assert ckpt["optimizer_states"] and ckpt["lr_schedulers"]
 
     weights = load_file(run / "checkpoints" / "trainable.safetensors")
@@ -177,7 +177,7 @@ def test_full_stage_writes_tied_llm_weights_once(compose, demo_root, tmp_path):
 
 
 def test_instruct_stage_starts_from_an_align_run(compose, demo_root, tmp_path):
-    from mmmed.build import build_run
+    from mmmed.train.build import build_run
 
     train(compose(quick(demo_root, "model=tiny", "logger=csv", "trainer.max_steps=2", "test_after_fit=false"), tmp_path / "align"))
     aligned = tmp_path / "align" / "checkpoints" / "last.ckpt"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from mmmed_datasets.xray_demo import ensure_demo_mimic_cxr
+from mmmed_datasets.demo.xray_demo import ensure_demo_mimic_cxr
 from train import train
 
 PLANTED = {

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mmmed_datasets.ecg_demo import ensure_demo_ptbxl
+from mmmed_datasets.demo.ecg_demo import ensure_demo_ptbxl
 from slurm_cluster import Cluster, install_slurm, start, stop
 
 

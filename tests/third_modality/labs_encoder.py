@@ -24,6 +24,11 @@ class LabsEncoder(nn.Module):
         self.out_dim, self.num_tokens = width, num_tokens
         self.net = nn.Sequential(nn.Linear(2 * num_analytes, width), nn.GELU(), nn.Linear(width, num_tokens * width))
 
+    def example_input(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """An input of the kind ``forward`` takes: (B, A) values, all measured."""
+        analytes = self.net[0].in_features // 2
+        return {"values": torch.randn(batch_size, analytes), "measured": torch.ones(batch_size, analytes, dtype=torch.bool)}
+
     def forward(self, values: torch.Tensor, measured: torch.Tensor) -> torch.Tensor:
         """(M, A) standardised values and (M, A) bool -> (M, num_tokens, width)."""
         features = torch.cat([values * measured, measured.to(values.dtype)], dim=-1)  # (M, 2A)

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from mmmed.modality import ModalityPlugin, Signal
+from mmmed.model.modality import ModalityPlugin, Signal
 
 SUFFIX = ".labs.json"
 
@@ -27,7 +27,7 @@ class LabsModality(ModalityPlugin):
     """Lab values from ``*.labs.json`` files.
 
     Args:
-        name, description, trainable, net, resolve: see :class:`~mmmed.modality.ModalityPlugin`.
+        name, description, trainable, net, resolve: see :class:`~mmmed.model.modality.ModalityPlugin`.
         reference_intervals: analyte -> [low, high], in the encoder's order.
     """
 

@@ -1,0 +1,1 @@
+"""What every modality's data shares: manifest tables and patient records of several modalities."""

@@ -1,0 +1,1 @@
+"""Inference: loading a checkpoint or an exported model (trusted classes only, old releases upgraded), answering."""

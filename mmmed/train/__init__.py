@@ -1,0 +1,1 @@
+"""Training: the Lightning module and data module, the run's builder and pre-flight checks, checkpoints, resume."""
