@@ -32,23 +32,24 @@ def test_every_modality_encoder_builds_and_emits_its_declared_tokens(compose, mo
 
 
 XRAY_DATA = {"mimic_cxr", "mimic_cxr_demo", "chexpert", "xray_manifest"}
-PATIENT_DATA = {"patient_demo", "patient_manifest"}  # records of several modalities
+# record manifests (datasets/common/patient_records.py), with the modalities they read
+RECORD_DATA = {"patient_demo": "[ecg,xray]", "patient_manifest": "[ecg,xray]", "ecg_threshold_demo": "[ecg]"}
 
 
 @pytest.mark.parametrize("data", names("data"))
 def test_every_data_config_composes_with_its_modality(compose, data, tmp_path):
-    modalities = "[ecg,xray]" if data in PATIENT_DATA else "[xray]" if data in XRAY_DATA else "[ecg]"
+    modalities = RECORD_DATA.get(data, "[xray]" if data in XRAY_DATA else "[ecg]")
     cfg = compose([f"modality={modalities}", f"data={data}", "data.root=/data/somewhere"], tmp_path)
     assert get_class(cfg.data.dataset._target_) and get_class(cfg.data._target_)
     assert cfg.data.root == "/data/somewhere"
     question = cfg.data.dataset.get("question")
     if question:  # manifests and ECG-QA carry their questions in their files
         assert any(f"<{name}>" in question for name in cfg.modalities)
-    if "xray" in cfg.modalities and data not in PATIENT_DATA:  # decoding follows the modality's settings
+    if "xray" in cfg.modalities and data not in RECORD_DATA:  # decoding follows the modality's settings
         assert cfg.data.dataset.images.size == cfg.modalities.xray.net.img_size == cfg.modalities.xray.images.size
         assert {k: cfg.data.dataset.images[k] for k in ("apply_voi", "no_window", "percentiles")} == \
             {k: cfg.modalities.xray.images[k] for k in ("apply_voi", "no_window", "percentiles")}
-    if "ecg" in cfg.modalities and data not in PATIENT_DATA:  # one shared pipeline; the encoder takes its leads
+    if "ecg" in cfg.modalities and data not in RECORD_DATA:  # one shared pipeline; the encoder takes its leads
         assert cfg.data.dataset.preprocessing == cfg.modalities.ecg.preprocessing == cfg.ecg_signal.preprocessing
         assert cfg.data.dataset.cache == cfg.ecg_signal.cache
         assert cfg.modalities.ecg.net.in_leads == len(cfg.ecg_signal.preprocessing.leads)

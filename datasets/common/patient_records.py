@@ -4,7 +4,7 @@ A record holds any number of files per modality (an ECG and two chest films), an
 a question and its answer. Each modality's plugin (``mmmed.model.modality.ModalityPlugin``, from the run's
 ``modalities``) opens the split's files once (:meth:`ModalityPlugin.open`, through its cache), and items are
 
-  ``{"id": "<patient_id>/<row>", "patient_id", "signals": {modality: [Signal, ...]}, question, answer, label}``
+  ``{"id": "<patient_id>/<row>", "patient_id", "signals": {modality: [Signal, ...]}, question, answer, label, facts}``
 
 with a ``signals`` entry only for the modalities the patient has (no placeholder for an absent one), in the
 run's modality order. The question places the signals: at their tags, or, untagged, all tags first in the
@@ -176,4 +176,5 @@ class PatientRecordDataset(Dataset):
             "question": compose_question(record.question, record.note),
             "answer": record.answer,
             "label": record.label,
+            "facts": dict(record.facts),  # measured values for self-training's checkers; never in the prompt
         }

@@ -6,6 +6,9 @@ Columns (JSONL: keys of one object per line; blank lines are ignored):
 * ``label`` (optional): a class, or one class per scored part. CSV: ``SR``, or ``rhythm=SR;finding=LEFT``;
   JSONL: a string or an object ``{"rhythm": "SR", "finding": "LEFT"}``. Blank: no label;
 * ``note`` (optional): free text the question comes with (``patient_records.py`` says where it goes);
+* ``facts`` (optional): numbers measured from the record, never shown to the model; self-training's checkers
+  compare a rationale's stated values with them (``mmmed/selftrain/filtering.py``). CSV: ``heart_rate=82.4;qrs_ms=96``;
+  JSONL: an object ``{"heart_rate": 82.4}``. Blank: none;
 * ``split`` (optional): ``train``, ``val`` or ``test`` on every row; a patient in two splits is an error.
   Without the column, a patient's split comes from the sha256 of its id and ``split_fractions``, so one
   patient never spans two splits and the assignment never depends on the manifest's order or length;
@@ -39,7 +42,7 @@ from typing import Any
 from mmmed.model.prompts import TAG_SHAPE
 
 REQUIRED = ("patient_id", "question", "answer")
-OPTIONAL = ("label", "note", "split")
+OPTIONAL = ("label", "note", "split", "facts")
 SPLITS = ("train", "val", "test")
 ON_ERROR = ("raise", "skip")
 PATH_SEPARATOR = "|"
@@ -68,6 +71,7 @@ class PatientRecord:
     label: str | dict[str, str] | None
     note: str
     signals: dict[str, tuple[str, ...]] = field(default_factory=dict)  # modality -> paths; present modalities only
+    facts: dict[str, float] = field(default_factory=dict)  # measured values (``facts`` column), for checkers only
 
 
 def check_on_error(on_error: str) -> None:
@@ -269,6 +273,7 @@ def _record(manifest: Path, row: int, line: int, cells: dict, split: str, modali
             raise problem(f"empty {column}")
     note = _text(manifest, line, cells, "note")
     label = _label(manifest, line, cells.get("label"))
+    facts = _facts(manifest, line, cells.get("facts"))
     signals = {}
     for modality in modalities:
         paths = _paths(manifest, line, cells.get(modality), modality)
@@ -278,7 +283,29 @@ def _record(manifest: Path, row: int, line: int, cells: dict, split: str, modali
         raise problem("no files of any modality and no note: nothing to answer from")
     _check_tags(question, signals, modalities, problem)
     return PatientRecord(row=row, line=line, patient_id=_text(manifest, line, cells, "patient_id"), split=split,
-                         question=question, answer=answer, label=label, note=note, signals=signals)
+                         question=question, answer=answer, label=label, note=note, signals=signals, facts=facts)
+
+
+def _facts(manifest: Path, line: int, value: Any) -> dict[str, float]:
+    """``{name: number}`` from a JSON object or ``name=value;name=value``; blank or null is none."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return {}
+    if isinstance(value, str):
+        pairs = [item.partition("=") for item in value.split(";")]
+        if any(not name.strip() or not sep for name, sep, _ in pairs):
+            raise RecordError(manifest, line, f"facts {value!r}: write them as name=number;name=number")
+        value = {name.strip(): number.strip() for name, _, number in pairs}
+    if not isinstance(value, dict):
+        raise RecordError(manifest, line, f"facts must be an object of name: number, not {value!r}")
+    facts = {}
+    for name, number in value.items():
+        try:
+            facts[str(name)] = float(number)
+        except (TypeError, ValueError):
+            raise RecordError(manifest, line, f"fact {name!r}: {number!r} is not a number") from None
+        if not math.isfinite(facts[str(name)]):
+            raise RecordError(manifest, line, f"fact {name!r}: {number!r} is not finite")
+    return facts
 
 
 def _label(manifest: Path, line: int, value: Any) -> str | dict[str, str] | None:

@@ -20,7 +20,8 @@ import torch
 from mmmed.eval.classification_metrics import auroc_with_ci, per_class_prf
 from mmmed.model.generation import GenerationSettings, generate_answers, score_options, signals_per_sample
 from mmmed.eval.label_scores import LabelScoring
-from mmmed.eval.metrics import CROP_SEPARATOR, AnswerClassifier, aggregate_crops, class_accuracy, exact_match
+from mmmed.eval.metrics import CROP_SEPARATOR, aggregate_crops, class_accuracy, exact_match
+from mmmed.eval.scoring import AnswerScorer
 from mmmed.model.multimodal_lm import MultimodalLM
 from mmmed.model.prompts import ChatFormatter
 from mmmed.eval.text_metrics import clinical_metrics, report_metrics
@@ -53,8 +54,9 @@ class Evaluator:
         if generation.do_sample:
             raise ValueError("evaluation decodes greedily: scores of sampled answers change from run to run")
         self.formatter = formatter
-        self.classes = list(answer_classes)
-        self.classifier = AnswerClassifier(dict(answer_classes))
+        self.scorer = AnswerScorer(answer_classes, answer_parts)  # the rule the self-training filter also uses
+        self.classes, self.classifier = self.scorer.classes, self.scorer.classifier
+        self.parts, self.part_classes = self.scorer.part_classifiers, self.scorer.part_classes
         self.generation = generation
         self.label_scores = label_scores
         self.report_metrics = report_metrics
@@ -62,10 +64,6 @@ class Evaluator:
         self.option_batch_size = option_batch_size
         self.chexbert_weights = chexbert_weights
         self.radgraph_weights = radgraph_weights
-        self.parts = {part: AnswerClassifier(dict(classes)) for part, classes in (answer_parts or {}).items()}
-        self.part_classes = {part: list(classes) for part, classes in (answer_parts or {}).items()}
-        if self.parts and self.classes:
-            raise ValueError("give answer_classes (one class per answer) or answer_parts (several), not both")
 
     @torch.no_grad()
     def batch_rows(self, model: MultimodalLM, batch: dict, with_label_scores: bool = True) -> list[dict]:
@@ -77,7 +75,7 @@ class Evaluator:
                  "answer": answer, "reference_label": batch["reference_labels"][i],
                  "predicted_label": self.classifier(answer)} for i, answer in enumerate(answers)]
         for row in rows if self.parts else ():
-            row["predicted_parts"] = {part: classify(row["answer"]) for part, classify in self.parts.items()}
+            row["predicted_parts"] = self.scorer.parts(row["answer"])
         if self.label_scores is not None and with_label_scores:
             scoring = self.label_scores
             per_sample = signals_per_sample(batch["prompt_input_ids"], batch["signals"], self.formatter)
@@ -125,7 +123,7 @@ class Evaluator:
         asked part right."""
         labelled = [r for r in records if isinstance(r["reference_label"], dict) and r["reference_label"]]
         for r in labelled:  # from the record's answer: after several windows voted, that is the voted one
-            r["predicted_parts"] = {part: classify(r["answer"]) for part, classify in self.parts.items()}
+            r["predicted_parts"] = self.scorer.parts(r["answer"])
         parts = {}
         for part, classes in self.part_classes.items():
             asked = [r for r in labelled if part in r["reference_label"]]
@@ -135,7 +133,7 @@ class Evaluator:
             parts[part] = {"accuracy": accuracy, "num_scored": scored}
             if scored:
                 parts[part]["classes"] = per_class_prf(predicted, references, classes)
-        all_right = [all(r["predicted_parts"][p] == c for p, c in r["reference_label"].items()) for r in labelled]
+        all_right = [self.scorer.is_correct(r["answer"], r["reference"], r["reference_label"]) for r in labelled]
         return {"parts": parts, "accuracy": float(np.mean(all_right)) if all_right else math.nan,
                 "num_scored": len(all_right)}
 

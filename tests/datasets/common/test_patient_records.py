@@ -92,7 +92,7 @@ def test_items_carry_only_the_modalities_a_patient_has_in_run_order(tmp_path):
     path = manifest(tmp_path, [
         {"patient_id": "p1", "split": "test", "beta": "b.npy", "alpha": "a1.npy|a2.npy",
          "label": {"rhythm": "SR", "finding": "LEFT"}},
-        {"patient_id": "p2", "split": "test", "alpha": "a2.npy", "label": "SR"},
+        {"patient_id": "p2", "split": "test", "alpha": "a2.npy", "label": "SR", "facts": {"heart_rate": 82}},
         {"patient_id": "p3", "split": "test", "note": "Age 70."},
     ])
     plugins = {"alpha": NpyModality("alpha"), "beta": NpyModality("beta")}
@@ -103,6 +103,8 @@ def test_items_carry_only_the_modalities_a_patient_has_in_run_order(tmp_path):
     assert first["signals"]["beta"][0].tolist() == [5, 6, 7]
     assert first["label"] == {"rhythm": "SR", "finding": "LEFT"} and first["id"] == "p1/0" and first["patient_id"] == "p1"
     assert list(second["signals"]) == ["alpha"] and second["label"] == "SR" and second["id"] == "p2/1"
+    assert (first["facts"], second["facts"]) == ({}, {"heart_rate": 82.0})  # for checkers; not in the question
+    assert "82" not in second["question"]
     assert third["signals"] == {} and third["question"] == "Note: Age 70.\nWhat is it?"
     assert data.stats == {"samples": 3, "skipped": 0, "records_with": {"alpha": 2, "beta": 1},
                           "alpha/files": 2, "alpha/lengths": {"2": 2}, "beta/files": 1, "beta/lengths": {"3": 1}}

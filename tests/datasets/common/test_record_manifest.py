@@ -71,6 +71,24 @@ def test_csv_and_jsonl_give_the_same_records(tmp_path):
     assert (first.line, second.line) == (2, 3)
 
 
+def test_facts_are_numbers_read_alike_from_csv_and_jsonl_and_bad_ones_name_the_line(tmp_path):
+    touch(tmp_path, "e.hea")
+    csv_rows = [base_row(ecg="e.hea", facts="heart_rate=82.4; qrs_ms=96"), base_row(patient_id="p2", ecg="e.hea", facts="")]
+    json_rows = [base_row(ecg="e.hea", facts={"heart_rate": 82.4, "qrs_ms": 96}), base_row(patient_id="p2", ecg="e.hea")]
+    split = {"train": 1.0, "val": 0.0, "test": 0.0}
+    from_csv, _ = read_record_manifest(write_csv(tmp_path / "m.csv", csv_rows), MODALITIES, split_fractions=split)
+    from_jsonl, _ = read_record_manifest(write_jsonl(tmp_path / "m.jsonl", json_rows), MODALITIES, split_fractions=split)
+    assert [r.facts for r in from_csv] == [r.facts for r in from_jsonl] == [{"heart_rate": 82.4, "qrs_ms": 96.0}, {}]
+    for bad, expected in [("heart_rate", "name=number"), ("heart_rate=fast", "'fast' is not a number"),
+                          ("heart_rate=nan", "not finite")]:
+        path = write_csv(tmp_path / "bad.csv", [base_row(ecg="e.hea", facts=bad)])
+        with pytest.raises(RecordError, match=rf"bad\.csv, line 2: .*{expected}"):
+            read_record_manifest(path, MODALITIES, split_fractions=split)
+    with pytest.raises(RecordError, match="facts must be an object"):
+        read_record_manifest(write_jsonl(tmp_path / "bad.jsonl", [base_row(ecg="e.hea", facts=[82])]), MODALITIES,
+                             split_fractions=split)
+
+
 def test_split_filter_keeps_row_numbers(tmp_path):
     touch(tmp_path, "e.hea")
     rows = [base_row(patient_id=f"p{i}", ecg="e.hea", split=s) for i, s in enumerate(["train", "test", "train"])]
