@@ -150,12 +150,22 @@ class MultimodalLM(nn.Module):
         (or the all-reduce waits for it), and under FSDP every rank must run each unit's forward; a rank whose
         records lack a modality runs its encoder once on the encoder's ``example_input(1)`` instead. The other
         ranks' gradients are then averaged with zeros, as DDP's ``find_unused_parameters`` would, without its
-        extra graph traversal each step. A scalar (the adapter output's sum times 0)."""
+        extra graph traversal each step. A scalar (the adapter output's sum times 0); the modules' buffers (BatchNorm
+        statistics) are left as they were."""
         with torch.random.fork_rng(devices=[]):  # a random example must not move the run's CPU random stream
             example = self.encoders[name].example_input(1)
         device = self.llm.get_input_embeddings().weight.device
         example = {k: v.to(device) for k, v in example.items()} if isinstance(example, dict) else example.to(device)
-        return self._tokens(name, example).sum() * 0.0
+        # In eval mode: BatchNorm in training mode would fold the made-up example into its running statistics.
+        modes = [(module, module.training) for part in (self.encoders[name], self.adapters[name])
+                 for module in part.modules()]
+        for module, _ in modes:
+            module.training = False
+        try:
+            return self._tokens(name, example).sum() * 0.0
+        finally:
+            for module, training in modes:
+                module.training = training
 
     def _tokens(self, name: str, signal: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
         """A modality's signals through its encoder and adapter. (M, N, D)"""

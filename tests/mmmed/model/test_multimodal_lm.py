@@ -157,6 +157,28 @@ def test_frozen_llm_never_changes_and_gets_no_gradients(tiny_llm):
     assert not any(k.startswith("llm.") for k in model.trainable_state_dict())
 
 
+def test_with_every_modality_in_graph_an_absent_modality_gets_zero_gradients_and_keeps_its_statistics(tiny_llm):
+    """Distributed training (several ranks): a batch without ECGs still gives the ECG encoder and adapter a
+    gradient, all zeros, the loss is unchanged, and no BatchNorm statistic moves."""
+    model, formatter = make(tiny_llm)
+    model.train()
+    batch = MultimodalCollator(formatter)([{**item, "signals": {}, "question": "What rhythm?"} for item in items(3)])
+    inputs = (batch["input_ids"], batch["attention_mask"], batch["position_ids"], batch["labels"], batch["signals"])
+    assert batch["signals"] == {}
+    plain, _ = model(*inputs)
+    assert plain.grad_fn is None  # one process: nothing trained is in the graph (the step is skipped for them)
+    model.every_modality_in_graph = True
+    buffers = {k: v.clone() for k, v in model.encoders.state_dict().items()}
+    rng = torch.get_rng_state()
+    loss, _ = model(*inputs)
+    assert torch.equal(torch.get_rng_state(), rng)  # the example input did not draw from the run's random stream
+    loss.backward()
+    assert loss.item() == plain.item()
+    parts = [*model.encoders["ecg"].parameters(), *model.adapters["ecg"].parameters()]
+    assert all(p.grad is not None and not p.grad.any() for p in parts)
+    assert all(torch.equal(v, buffers[k]) for k, v in model.encoders.state_dict().items())
+
+
 def test_batched_left_padded_generation_matches_one_by_one(tiny_llm):
     model, formatter = make(tiny_llm)
     model.eval()
