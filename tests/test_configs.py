@@ -42,6 +42,9 @@ def test_every_data_config_composes_with_its_modality(compose, data, tmp_path):
     cfg = compose([f"modality={modalities}", f"data={data}", "data.root=/data/somewhere"], tmp_path)
     assert get_class(cfg.data.dataset._target_) and get_class(cfg.data._target_)
     assert cfg.data.root == "/data/somewhere"
+    # Class names are the labels' strings: YAML 1.1 reads a bare yes/no key as a boolean, and chexpert's did.
+    classes = [*cfg.data.answer_classes, *(c for part in (cfg.data.get("answer_parts") or {}).values() for c in part)]
+    assert all(isinstance(name, str) for name in classes), classes
     question = cfg.data.dataset.get("question")
     if question:  # manifests and ECG-QA carry their questions in their files
         assert any(f"<{name}>" in question for name in cfg.modalities)

@@ -144,6 +144,13 @@ class PatientRecordDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def item_id(self, index: int) -> str:
+        """Item ``index``'s id without loading its files (self-training maps rationales to items by id)."""
+        record_index, view = self.items[index]
+        record = self.records[record_index]
+        item_id = f"{record.patient_id}/{record.row}"
+        return f"{item_id}{CROP_SEPARATOR}{view}" if not self.train and self._views(record) > 1 else item_id
+
     def plot_inputs(self, index: int) -> dict:
         """What a picture of item ``index`` shows: its first signal's file, as its plugin draws it."""
         record = self.records[self.items[index][0]]
@@ -166,11 +173,8 @@ class PatientRecordDataset(Dataset):
             source = self.sources[name]
             crop = min(view, getattr(source, "eval_views", 1) - 1)
             signals[name] = [source.get(path, self.train, rng, crop) for path in paths]
-        item_id = f"{record.patient_id}/{record.row}"
-        if not self.train and self._views(record) > 1:
-            item_id = f"{item_id}{CROP_SEPARATOR}{view}"
         return {
-            "id": item_id,
+            "id": self.item_id(index),
             "patient_id": record.patient_id,
             "signals": signals,
             "question": compose_question(record.question, record.note),

@@ -235,6 +235,12 @@ class ECGSampleDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples) * (1 if self.train else self.preprocessing.eval_crops)
 
+    def item_id(self, index: int) -> str:
+        """Item ``index``'s id without loading its signal (self-training maps rationales to items by id)."""
+        crops = 1 if self.train else self.preprocessing.eval_crops
+        sample_index, crop = divmod(index, crops)
+        return self.samples[sample_index].id if crops == 1 else f"{self.samples[sample_index].id}{CROP_SEPARATOR}{crop}"
+
     def plot_inputs(self, index: int) -> dict:
         """What a picture of item ``index`` shows: its first ECG in millivolts, prepared (resampled,
         filtered) but not normalised, with lead names and mask (drawn by the modality plugin's ``draw``)."""
@@ -257,7 +263,7 @@ class ECGSampleDataset(Dataset):
             start = self.preprocessing.window_starts(prepared.signal.shape[1], self.train, rng)[crop]
             signals.append(ecg_window(self.preprocessing, prepared, start, self.normalization))
         return {
-            "id": sample.id if crops == 1 else f"{sample.id}{CROP_SEPARATOR}{crop}",
+            "id": self.item_id(index),
             "signals": {MODALITY: signals},
             "question": sample.question,
             "answer": sample.answer,

@@ -7,6 +7,10 @@ Per split (``Evaluator.summarize``), on records (several evaluation windows of o
 * closed questions: accuracy over the answer classes, per-class precision/recall/F1, exact match;
 * label sets: per-label and macro AUROC with bootstrap confidence intervals;
 * free text (``report_metrics``): BLEU-1/4 and ROUGE-L; CheXbert/RadGraph F1 only with their weights.
+
+A model asked for reasoning (``reasoning=True``: a self-trained model, ``mmmed/selftrain``) writes
+``Reasoning: ... Answer: ...``; its answer is what the strict parser (``rationale.py``) finds after ``Answer:``,
+and a completion it cannot parse has no answer (scored wrong). Rows keep the whole completion and the reasoning.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from mmmed.eval.classification_metrics import auroc_with_ci, per_class_prf
 from mmmed.model.generation import GenerationSettings, generate_answers, score_options, signals_per_sample
 from mmmed.eval.label_scores import LabelScoring
 from mmmed.eval.metrics import CROP_SEPARATOR, aggregate_crops, class_accuracy, exact_match
+from mmmed.eval.rationale import parse_rationale
 from mmmed.eval.scoring import AnswerScorer
 from mmmed.model.multimodal_lm import MultimodalLM
 from mmmed.model.prompts import ChatFormatter
@@ -45,12 +50,14 @@ class Evaluator:
             regular expression}; each sample's label is then ``{part: class}`` for the parts its question asks,
             each part is scored on its own (``parts.<part>``), and ``accuracy`` is the share of samples with every
             asked part right.
+        reasoning: whether the questions ask for a rationale (module docstring): the answer is then parsed from
+            after ``Answer:``.
     """
 
     def __init__(self, formatter: ChatFormatter, answer_classes: dict[str, str], generation: GenerationSettings,
                  label_scores: LabelScoring | None, report_metrics: str | None, bootstrap: dict, option_batch_size: int,
                  chexbert_weights: str | None, radgraph_weights: str | None, *,
-                 answer_parts: dict[str, dict[str, str]] | None = None) -> None:
+                 answer_parts: dict[str, dict[str, str]] | None = None, reasoning: bool = False) -> None:
         if generation.do_sample:
             raise ValueError("evaluation decodes greedily: scores of sampled answers change from run to run")
         self.formatter = formatter
@@ -64,18 +71,15 @@ class Evaluator:
         self.option_batch_size = option_batch_size
         self.chexbert_weights = chexbert_weights
         self.radgraph_weights = radgraph_weights
+        self.reasoning = reasoning
 
     @torch.no_grad()
     def batch_rows(self, model: MultimodalLM, batch: dict, with_label_scores: bool = True) -> list[dict]:
         """One row per sample: id, question, reference, answer, classes, and label probabilities/targets."""
-        answers = [samples[0] for samples in generate_answers(
+        completions = [samples[0] for samples in generate_answers(
             model, self.formatter, batch["prompt_input_ids"], batch["prompt_attention_mask"], batch["signals"],
             self.generation)]
-        rows = [{"id": batch["ids"][i], "question": batch["questions"][i], "reference": batch["references"][i],
-                 "answer": answer, "reference_label": batch["reference_labels"][i],
-                 "predicted_label": self.classifier(answer)} for i, answer in enumerate(answers)]
-        for row in rows if self.parts else ():
-            row["predicted_parts"] = self.scorer.parts(row["answer"])
+        rows = self.answer_rows(batch, completions)
         if self.label_scores is not None and with_label_scores:
             scoring = self.label_scores
             per_sample = signals_per_sample(batch["prompt_input_ids"], batch["signals"], self.formatter)
@@ -85,6 +89,21 @@ class Evaluator:
             for row, scores in zip(rows, logprobs):
                 row["label_probs"] = scoring.probabilities(row["question"], scores)
                 row["label_targets"] = scoring.targets(row["question"], row["reference"])
+        return rows
+
+    def answer_rows(self, batch: dict, completions: list[str]) -> list[dict]:
+        """Rows of a batch's generated completions: the answer (after ``Answer:`` when asking for reasoning), its
+        class and parts."""
+        rows = [{"id": batch["ids"][i], "question": batch["questions"][i], "reference": batch["references"][i],
+                 "answer": text, "reference_label": batch["reference_labels"][i]} for i, text in enumerate(completions)]
+        for row in rows:
+            if self.reasoning:
+                parsed = parse_rationale(row["answer"])
+                row["completion"], row["reasoning"] = row["answer"], parsed.reasoning if parsed else None
+                row["answer"] = parsed.answer if parsed else ""  # no answer found: wrong, never guessed
+            row["predicted_label"] = self.classifier(row["answer"])
+            if self.parts:
+                row["predicted_parts"] = self.scorer.parts(row["answer"])
         return rows
 
     def summarize(self, rows: list[dict]) -> dict:

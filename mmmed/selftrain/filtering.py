@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 from mmmed.eval.scoring import AnswerScorer
-from mmmed.selftrain.rationale import Rationale, parse_rationale
+from mmmed.eval.rationale import Rationale, parse_rationale
 
 
 @dataclass(frozen=True)

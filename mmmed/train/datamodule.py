@@ -61,6 +61,12 @@ class MultimodalDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self.max_length = max_length
+        for where, classes in [("answer_classes", answer_classes or {}),
+                               *((f"answer_parts.{part}", c) for part, c in (answer_parts or {}).items())]:
+            odd = [name for name in classes if not isinstance(name, str)]
+            if odd:  # YAML 1.1 reads a bare yes/no/on/off key as a boolean: every answer would then score wrong
+                raise ValueError(f"data.{where}: class names must be strings, got {odd!r}; quote them in the "
+                                 f"config (\"yes\": ..., not yes: ...)")
         self.answer_classes = answer_classes
         self.answer_parts = dict(answer_parts or {})
         self.max_new_tokens = max_new_tokens

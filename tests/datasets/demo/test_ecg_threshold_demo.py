@@ -11,7 +11,7 @@ import pytest
 
 from mmmed.eval.scoring import AnswerScorer
 from mmmed.selftrain.filtering import StatedValueChecker, judge
-from mmmed.selftrain.rationale import format_rationale, parse_rationale
+from mmmed.eval.rationale import format_rationale, parse_rationale
 from mmmed_datasets.common.record_manifest import read_record_manifest
 from mmmed_datasets.demo.ecg_demo import ensure_demo_ptbxl
 from mmmed_datasets.demo.ecg_threshold_demo import (

@@ -112,3 +112,24 @@ def test_evaluation_refuses_sampled_answers(tiny_llm):
     sampled = GenerationSettings(6, do_sample=True, temperature=1.0, top_p=0.9, num_samples=1, use_cache=True)
     with pytest.raises(ValueError, match="greedily"):
         Evaluator(formatter, {}, sampled, None, None, BOOTSTRAP, 5, None, None)
+
+
+def test_asked_for_reasoning_the_answer_is_the_text_after_answer_and_an_unparsed_one_is_wrong(tiny_llm):
+    formatter = ChatFormatter(tiny_llm.tokenizer, [Modality("ecg", 4)], "Be brief.", max_length=96)
+    classes = {"YES": r"^\W*yes\b", "NO": r"^\W*no\b"}
+    scorer = Evaluator(formatter, classes, GREEDY, None, None, BOOTSTRAP, 5, None, None, reasoning=True)
+    batch = {"ids": ["a", "b", "c"], "questions": ["q"] * 3, "references": ["Yes.", "No.", "Yes."],
+             "reference_labels": ["YES", "NO", "YES"]}
+    rows = scorer.answer_rows(batch, [
+        "Reasoning: The heart rate is 82 bpm, above 75, so yes.\nAnswer: Yes.",
+        "Reasoning: The heart rate is 82 bpm, above 75, so yes.\nAnswer: Yes.",  # wrong
+        "Yes. The heart rate is 82 bpm.",  # right words, but no rationale: not an answer
+    ])
+    assert [r["answer"] for r in rows] == ["Yes.", "Yes.", ""]
+    assert [r["predicted_label"] for r in rows] == ["YES", "YES", "unparsed"]
+    assert rows[0]["reasoning"] == "The heart rate is 82 bpm, above 75, so yes."
+    assert rows[2]["reasoning"] is None and rows[2]["completion"] == "Yes. The heart rate is 82 bpm."
+    assert scorer.summarize(rows)["accuracy"] == pytest.approx(1 / 3)
+    plain = Evaluator(formatter, classes, GREEDY, None, None, BOOTSTRAP, 5, None, None)  # not asked: read as written
+    assert [r["predicted_label"] for r in plain.answer_rows(batch, ["Yes.", "no", "Yes. The rate is 82 bpm."])] == \
+        ["YES", "NO", "YES"]

@@ -6,7 +6,7 @@ import pytest
 
 from mmmed.eval.scoring import AnswerScorer
 from mmmed.selftrain.filtering import StatedValueChecker, judge
-from mmmed.selftrain.rationale import Rationale
+from mmmed.eval.rationale import Rationale
 
 YES_NO = AnswerScorer({"YES": r"^\W*yes\b", "NO": r"^\W*no\b"})
 HEART_RATE = StatedValueChecker("heart_rate", "heart_rate", r"(\d+(?:\.\d+)?)\s*bpm", tolerance=10)

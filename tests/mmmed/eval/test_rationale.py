@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mmmed.selftrain.rationale import Rationale, format_rationale, parse_rationale
+from mmmed.eval.rationale import Rationale, format_rationale, parse_rationale
 
 
 @pytest.mark.parametrize("text, expected", [
