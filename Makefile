@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mmmed-installed
 
-.PHONY: install demo demo-patient test bench clean-cache
+.PHONY: install demo demo-patient demo-selftrain test bench clean-cache
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ demo: install
 demo-patient: install
 	$(PY) train.py experiment=patient_demo
 
+# Self-training on the heart-rate threshold questions (conf/selftrain.yaml, docs/selftrain.md)
+demo-selftrain: install
+	$(PY) selftrain.py
+
 test: install
 	$(PY) -m pytest
 
@@ -31,6 +35,7 @@ bench: install
 	$(PY) bench/train_throughput.py
 	$(PY) bench/xray_decode.py
 	$(PY) bench/ecg_loading.py
+	$(PY) bench/selftrain_sampling.py
 
 clean-cache:
 	rm -rf $${MMMED_CACHE:-$$HOME/.cache/mmmed}

@@ -23,6 +23,7 @@ from mmmed.train.datamodule import MultimodalDataModule
 from mmmed.eval.evaluation import json_safe, scalar_metrics
 from mmmed.infer.inference import MultimodalPredictor, load
 from mmmed.eval.metrics import CROP_SEPARATOR
+from mmmed.eval.rationale import AskingForReasoning, shown_answer
 from mmmed.train.preflight import check_eval_config
 
 log = logging.getLogger("mmmed.eval")
@@ -60,8 +61,12 @@ def evaluate(cfg: DictConfig, predictor: MultimodalPredictor | None = None) -> d
     datamodule.attach_formatter(predictor.formatter)
     datamodule.prepare_data()
     datamodule.setup("test")
+    reasoning = predictor.asks_for_reasoning(cfg.reasoning)
+    if reasoning:  # a self-trained model: questions ask for its rationale, the answer is read after "Answer:"
+        datamodule.splits[cfg.split] = AskingForReasoning(datamodule.splits[cfg.split], predictor.reasoning["instruction"])
+        datamodule.max_new_tokens = predictor.reasoning["max_new_tokens"]
     dataset = datamodule.splits[cfg.split]
-    evaluator = build_evaluator(predictor.formatter, datamodule, cfg.evaluation)
+    evaluator = build_evaluator(predictor.formatter, datamodule, cfg.evaluation, reasoning=reasoning)
 
     rows = []
     for batch in datamodule.eval_dataloader(cfg.split):
@@ -82,10 +87,11 @@ def evaluate(cfg: DictConfig, predictor: MultimodalPredictor | None = None) -> d
         inputs = dataset.plot_inputs(index)  # {"kind": <modality>, ...}: its plugin draws it
         row["picture"] = str(predictor.plugins[inputs["kind"]].draw(inputs, pictures / f"{index:05d}.png",
                                                                       question=row["question"],
-                                                                      reference=row["reference"], answer=row["answer"]))
+                                                                      reference=row["reference"],
+                                                                      answer=shown_answer(row, cfg.show_reasoning)))
         pictured += 1
 
-    report = {"ckpt": str(cfg.ckpt), "split": cfg.split, "data": data_cfg.dataset._target_,
+    report = {"ckpt": str(cfg.ckpt), "split": cfg.split, "asked_for_reasoning": reasoning, "data": data_cfg.dataset._target_,
               "num_rows": len(rows), "metrics": summary, "data_stats": datamodule.data_stats()}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval.json").write_text(json.dumps(json_safe(report), indent=2))

@@ -18,6 +18,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from mmmed.eval.rationale import shown_answer
 from mmmed.model.generation import GenerationSettings
 from mmmed.infer.inference import RECORD_SEPARATOR, MultimodalPredictor, load
 from mmmed.train.preflight import check_predict_config
@@ -54,8 +55,10 @@ def predict(cfg: DictConfig, predictor: MultimodalPredictor | None = None) -> li
         raise ValueError("give exactly one of input=<file> or manifest=<csv>")
     predictor = predictor or load(cfg.ckpt, cfg.device, cfg.llm_cache_dir, cfg.trust_remote_code,
                                   tuple(cfg.trusted_modules))
+    reasoning = predictor.asks_for_reasoning(cfg.reasoning)
     generation = OmegaConf.to_container(cfg.generation, resolve=True)
-    generation["max_new_tokens"] = generation["max_new_tokens"] or predictor.config["max_new_tokens"]
+    budget = predictor.reasoning["max_new_tokens"] if reasoning else predictor.config["max_new_tokens"]
+    generation["max_new_tokens"] = generation["max_new_tokens"] or budget
     settings = GenerationSettings(**generation)
     if cfg.manifest is not None:
         rows = read_manifest(Path(cfg.manifest))
@@ -66,7 +69,8 @@ def predict(cfg: DictConfig, predictor: MultimodalPredictor | None = None) -> li
         options = list(cfg.options) if cfg.options else None
         rows = [{"input": str(cfg.input), "question": question, "options": options, "reference": cfg.reference}]
     results = predictor.predict_files([r["question"] for r in rows], [r["input"] for r in rows], settings,
-                                      [r["options"] for r in rows], cfg.batch_size, cfg.option_batch_size)
+                                      [r["options"] for r in rows], cfg.batch_size, cfg.option_batch_size,
+                                      reasoning=reasoning)
     output = Path(cfg.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     written = []
@@ -78,7 +82,7 @@ def predict(cfg: DictConfig, predictor: MultimodalPredictor | None = None) -> li
             first = Path(row["input"].split(RECORD_SEPARATOR)[0]).name
             pictures = predictor.draw_record(row["input"], output.parent / "pictures" / f"{number:05d}_{first}.png",
                                              question=row["question"], reference=row["reference"] or "(none given)",
-                                             answer=result["answer"])
+                                             answer=shown_answer(result, cfg.show_reasoning))
             record["picture"] = str(pictures[0])
             if len(pictures) > 1:
                 record["pictures"] = [str(picture) for picture in pictures]
@@ -93,7 +97,9 @@ def main(cfg: DictConfig) -> None:
     """Hydra entry point: prints each answer, writes predictions.jsonl."""
     written = predict(cfg)
     for record in written:
-        print(f"{record['input']}\n  Q: {record['question']!r}\n  A: {record['answer']}")
+        print(f"{record['input']}\n  Q: {record['question']!r}\n  A: {record['answer'] or '(none found)'}")
+        if record.get("completion") is not None and (cfg.show_reasoning or not record["answer"]):
+            print(f"  R: {record['reasoning'] or '(the completion does not parse: ' + repr(record['completion']) + ')'}")
         for sample in record.get("samples", []):
             print(f"     sample: {sample}")
         for option, score in record.get("options", {}).items():

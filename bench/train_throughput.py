@@ -13,12 +13,10 @@ from __future__ import annotations
 import argparse
 import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,13 +42,10 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.batch_size=16")
     args = parser.parse_args()
 
+    from bench.config import compose_for_bench
     from mmmed.train.build import build_run
-    from mmmed.config_dir import config_dir
 
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        # No Hydra run here: give the run-dir interpolations a concrete place.
-        fixed = ["encoder=ecg", "model=nano", "logger=csv", f"paths.output_dir={tempfile.mkdtemp(prefix='mmmed-bench-')}"]
-        cfg = compose("train", overrides=[*fixed, *args.overrides])
+    cfg = compose_for_bench("train", ["encoder=ecg", "model=nano", "logger=csv"], args.overrides)
     torch.manual_seed(cfg.seed)
     run = build_run(cfg)
     run.datamodule.prepare_data()

@@ -140,3 +140,11 @@ def test_checkout_finds_its_own_conf_from_another_directory(tmp_path):
 def test_no_installed_distribution_has_a_top_level_conf():
     # conf/__init__.py makes `import conf` from the repo root find the config package; nothing real is hidden.
     assert "conf" not in packages_distributions()
+
+
+def test_wheel_ships_every_package_of_mmmed(wheel_venv):
+    """pyproject lists packages by hand: a new subpackage left out would be missing from every install but this one."""
+    installed = wheel_venv.site / "mmmed"
+    shipped = {str(p.parent.relative_to(installed)) for p in installed.rglob("__init__.py")}
+    in_repo = {str(p.parent.relative_to(REPO / "mmmed")) for p in (REPO / "mmmed").rglob("__init__.py")}
+    assert shipped == in_repo and "selftrain" in in_repo

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 
 def settings(data: Path) -> list[str]:
-    """30 demo patients: 96 training questions (3 sampling batches of 32), 20+ validation and test questions."""
+    """30 demo patients: 72 training questions (3 sampling batches of at most 32), 20+ validation and test questions."""
     return ["model=tiny", "logger=csv", f"data.root={data / 'thresholds'}", f"data.prepare.ptbxl.root={data / 'ptbxl'}",
             "data.prepare.ptbxl.num_patients=30", "data.prepare.eval_questions=20",
             f"ecg_signal.cache.cache_dir={data / 'cache'}", "selftrain.round0_steps=3", "selftrain.steps_per_round=4",
@@ -73,12 +73,15 @@ def strip_seconds(value):
 
 
 def test_the_report_has_every_round_and_the_three_rows_on_the_same_questions(reference):
-    _, out = reference
+    data, out = reference
     report = json.loads((out / "selftrain.json").read_text())
     assert [r["round"] for r in report["rounds"]] == [0, 1, 2]
     first = report["rounds"][1]
-    assert first["questions"] == 96 and first["completions"] == 192
-    assert sum(first["verdicts"].values()) == 192  # every completion judged once
+    manifest = [json.loads(line) for line in (data / "thresholds" / "records.jsonl").read_text().splitlines()]
+    training_questions = sum(row["split"] == "train" for row in manifest)
+    assert training_questions == 72  # 24 training records x (2 threshold questions + 1 rate question), the demo config
+    assert first["questions"] == 72 and first["completions"] == 72 * 2
+    assert sum(first["verdicts"].values()) == 72 * 2  # every completion judged once
     assert {"pass_at_k", "mean_rationale_words", "sampling_seconds", "train_seconds", "val", "kept", "seeds"} <= set(first)
     rows = report["rows"]
     assert set(rows) == {"final", "seed_only", "answer_only_baseline"}
@@ -103,8 +106,10 @@ def test_no_validation_or_test_question_enters_a_rationale_or_a_sample(reference
     split_of = {f"{row['patient_id']}/{number}": row["split"] for number, row in enumerate(manifest)}
     held_out_ecgs = {row["ecg"] for row in manifest if row["split"] != "train"}
     ecg_of = {f"{row['patient_id']}/{number}": row["ecg"] for number, row in enumerate(manifest)}
-    written = [json.loads(line) for path in out.glob("round_*/**/*.jsonl") for line in path.read_text().splitlines()]
-    assert len(written) > 96  # seeds in every round, 3 sample batches in each sampling round
+    # What a round trains on or samples from (generations_val.jsonl is the validation score's own record, not data).
+    training_files = [*out.glob("round_*/rationales.jsonl"), *out.glob("round_*/samples/*.jsonl")]
+    written = [json.loads(line) for path in training_files for line in path.read_text().splitlines()]
+    assert len(written) > 72  # seeds in every round, 3 sample batches in each sampling round
     assert {split_of[row["id"]] for row in written} == {"train"}
     assert not {ecg_of[row["id"]] for row in written} & held_out_ecgs  # nor any record a held-out question is about
 
@@ -137,3 +142,50 @@ def test_a_run_folder_refuses_other_settings(tmp_path):
     other = compose_app("selftrain", ["model=tiny", "logger=csv", "selftrain.temperature=1.3"], tmp_path, resolve=False)
     with pytest.raises(ValueError, match=r"holds a self-training run with other settings \(differing: selftrain\)"):
         check_same_run(other, tmp_path)
+
+
+def test_eval_and_predict_ask_the_self_trained_model_for_its_reasoning(reference, tmp_path):
+    import eval as eval_script
+    import predict as predict_script
+
+    data, out = reference
+    report = json.loads((out / "selftrain.json").read_text())
+    cache = f"ecg_signal.cache.cache_dir={data / 'cache'}"
+    scored = eval_script.evaluate(compose_app("eval", [f"ckpt={out}", "logger=csv", "num_pictures=1", cache],
+                                              tmp_path / "eval", resolve=False))
+    assert scored["asked_for_reasoning"] is True
+    # eval.py scores the best round (metrics.json weights_from) exactly as selftrain.json's final row
+    assert scored["metrics"]["accuracy"] == report["rows"]["final"]["test_accuracy"]
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "generations.jsonl").read_text().splitlines()]
+    instruction = report["settings"]["instruction"]
+    assert all(row["question"].endswith("\n" + instruction) and "completion" in row for row in rows)
+    plain = eval_script.evaluate(compose_app("eval", [f"ckpt={out}", "logger=csv", "num_pictures=0", "reasoning=false",
+                                                      cache], tmp_path / "plain", resolve=False))
+    assert plain["asked_for_reasoning"] is False
+
+    record = json.loads((data / "thresholds" / "records.jsonl").read_text().splitlines()[0])["ecg"]
+    written = predict_script.predict(compose_app("predict", [f"ckpt={out}", f"input={record}", "pictures=false",
+                                                             "question=Is the heart rate above 80 bpm?"],
+                                                 tmp_path / "predict", resolve=False))
+    assert {"answer", "reasoning", "completion"} <= set(written[0])
+
+
+@pytest.mark.parametrize("data", ["ptbxl_demo", "ecg_qa_demo"])
+def test_other_data_sets_run_the_same_loop_unchanged(data, tmp_path):
+    """PTB-XL's layout (rhythm classes) and ECG-QA's (answer items, two-ECG questions), without seed rationales."""
+    from mmmed_datasets.demo.ecg_demo import ensure_demo_ptbxl
+    from selftrain import selftrain
+
+    ptbxl = ensure_demo_ptbxl(tmp_path / "ptbxl", num_patients=30, records_per_patient=1, seed=0)
+    where = [f"data.root={ptbxl}"] if data == "ptbxl_demo" else [f"data.root={tmp_path / 'ecgqa'}",
+                                                                 f"data.dataset.ptbxl_root={ptbxl}"]
+    cfg = compose_app("selftrain", ["model=tiny", "logger=csv", f"data={data}", *where, "data.prepare.num_patients=30",
+                                    f"ecg_signal.cache.cache_dir={tmp_path / 'cache'}", "selftrain.round0_steps=2",
+                                    "selftrain.steps_per_round=2", "selftrain.max_rounds=1", "selftrain.max_new_tokens=4",
+                                    "selftrain.samples_per_question=2"], tmp_path / "run", resolve=False)
+    report = selftrain(cfg)
+    first = report["rounds"][1]
+    assert first["seeds"] == 0 and first["completions"] == 2 * first["questions"] > 0
+    assert sum(first["verdicts"].values()) == first["completions"]
+    assert set(report["rows"]) == {"final", "seed_only", "answer_only_baseline"}
+    assert report["rows"]["final"]["test_num_scored"] > 0

@@ -7,7 +7,8 @@ above 75, so yes.\\nAnswer: Yes."*.
 
 Built from a PTB-XL-layout demo folder (``ecg_demo.ensure_demo_ptbxl``): its 100 Hz records, each record's heart
 rate (``ptbxl_database.csv`` ``heart_rate``: the rate the record was simulated at, stored as the record's
-``facts`` for self-training's heart-rate checker, never shown to the model) and PTB-XL's recommended split by
+``facts`` for self-training's heart-rate checker, never shown to the model; the facts also hold the question's
+threshold, for the checker that the answer follows from the rationale's own reading) and PTB-XL's recommended split by
 ``strat_fold`` (1-8 train, 9 validation, 10 test), so all questions about a record stay in its split and the
 held-out questions come from records no training question saw.
 
@@ -39,10 +40,11 @@ from mmmed_datasets.demo.ecg_demo import ensure_demo_ptbxl
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 3  # 2: facts hold the question's threshold too (self-training's comparison checker); 3: rate questions
 MANIFEST = "records.jsonl"
 SEEDS = "rationale_seeds.jsonl"
 QUESTION = "Is the heart rate above {threshold} bpm?"
+RATE_QUESTION = "What is the heart rate?"  # training only, answered "82 bpm.": the measured rate a report states
 SPLIT_OF_FOLD = {**{fold: "train" for fold in range(1, 9)}, 9: "val", 10: "test"}  # PTB-XL's recommended split
 
 
@@ -76,12 +78,14 @@ def plan_questions(rates: dict[str, float], splits: dict[str, str], questions_pe
 
 def ensure_threshold_questions(root: str | os.PathLike, ptbxl: dict, train_questions_per_record: int,
                                eval_questions: int, min_gap: int, max_gap: int, seed_fraction: float,
-                               seed: int) -> Path:
+                               seed: int, rate_questions: bool = False) -> Path:
     """Build (once) the threshold questions at ``root`` over the PTB-XL-layout demo ``ptbxl`` (the arguments of
     ``ecg_demo.ensure_demo_ptbxl``, built first if needed).
 
     ``train_questions_per_record`` questions per training record; validation and test each get at least
-    ``eval_questions`` questions, spread evenly over their records.
+    ``eval_questions`` questions, spread evenly over their records. With ``rate_questions`` each training record
+    also gets *"What is the heart rate?"* -> *"82 bpm."* (the rate rounded): the measurement a report or an ECG
+    machine gives, answer-only data every arm of an experiment trains on; validation and test ask thresholds only.
     """
     if not 0 <= seed_fraction <= 0.1:
         raise ValueError(f"seed_fraction is the share of training questions with a written rationale: at most 0.1 "
@@ -90,7 +94,7 @@ def ensure_threshold_questions(root: str | os.PathLike, ptbxl: dict, train_quest
     settings = {"ptbxl": {k: (str(v) if k == "root" else v) for k, v in ptbxl.items()},
                 "train_questions_per_record": train_questions_per_record, "eval_questions": eval_questions,
                 "min_gap": min_gap, "max_gap": max_gap, "seed_fraction": seed_fraction, "seed": seed,
-                "version": VERSION}
+                "rate_questions": rate_questions, "version": VERSION}
     return build_once(root, settings, lambda folder: _write(folder, Path(ptbxl_root), settings))
 
 
@@ -105,16 +109,23 @@ def _write(folder: Path, ptbxl_root: Path, settings: dict) -> None:
     per_record = {"train": settings["train_questions_per_record"],
                   **{split: math.ceil(settings["eval_questions"] / counts[split]) for split in ("val", "test")}}
     questions = plan_questions(rates, splits, per_record, settings["min_gap"], settings["max_gap"], settings["seed"])
+    if settings["rate_questions"]:
+        questions += [{"record": record, "split": "train", "rate": rates[record], "threshold": None,
+                       "answer": f"{round(rates[record])} bpm.", "label": None}
+                      for record in sorted(rates) if splits[record] == "train"]
     rng = np.random.default_rng(settings["seed"] + 1)
     train = [i for i, q in enumerate(questions) if q["split"] == "train"]
-    seeded = set(rng.choice(train, size=int(settings["seed_fraction"] * len(train)), replace=False).tolist())
+    thresholds = [i for i in train if questions[i]["threshold"] is not None]  # seeds reason about thresholds
+    # seed_fraction of all training questions, rate questions counted too
+    seeded = set(rng.choice(thresholds, size=int(settings["seed_fraction"] * len(train)), replace=False).tolist())
     with open(folder / MANIFEST, "w") as manifest, open(folder / SEEDS, "w") as seeds:
         for row, q in enumerate(questions):
             patient = patients[q["record"]]
-            question = QUESTION.format(threshold=q["threshold"])
+            question = RATE_QUESTION if q["threshold"] is None else QUESTION.format(threshold=q["threshold"])
+            facts = {"heart_rate": q["rate"]} if q["threshold"] is None else {"heart_rate": q["rate"], "threshold": q["threshold"]}
             manifest.write(json.dumps({
                 "patient_id": patient, "split": q["split"], "ecg": str(ptbxl_root / q["record"]), "question": question,
-                "answer": q["answer"], "label": q["label"], "facts": {"heart_rate": q["rate"]}}) + "\n")
+                "answer": q["answer"], "label": q["label"], "facts": facts}) + "\n")
             if row in seeded:  # the id PatientRecordDataset gives this row: "<patient_id>/<row>"
                 reasoning, answer = seed_rationale(q["rate"], q["threshold"])
                 seeds.write(json.dumps({"id": f"{patient}/{row}", "question": question, "rationale": reasoning,

@@ -9,6 +9,9 @@ A completion is read only if it has exactly this shape (whitespace around it ign
 * exactly one line starts with ``Answer:``; the answer is the rest of that line, stripped, and must not be empty;
 * nothing but whitespace follows the answer line (a model that keeps writing after its answer has not answered).
 
+A question asks for this shape when the model's reasoning instruction follows it on its own line
+(:func:`ask_for_reasoning`; a self-trained model's instruction is in its run config, ``selftrain.instruction``).
+
 Anything else (no ``Answer:`` line, two of them, an empty answer or reasoning, text after the answer) parses to
 None, and the self-training filter counts None as a wrong answer: a completion is never rescued by guessing.
 """
@@ -17,6 +20,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+from torch.utils.data import Dataset
 
 REASONING = "Reasoning:"
 ANSWER = "Answer:"
@@ -60,3 +65,38 @@ def parse_rationale(text: str) -> Rationale | None:
     if not reasoning or not answer or text[line.end():].strip():
         return None
     return Rationale(reasoning, answer)
+
+
+def shown_answer(result: dict, show_reasoning: bool) -> str:
+    """An answer as printed and pictured: with its rationale (``reasoning``) when the model gave one and
+    ``show_reasoning``; a completion that does not parse is shown as such rather than as an empty answer."""
+    if show_reasoning and result.get("reasoning"):
+        return f"{result['answer']}\n(Reasoning: {result['reasoning']})"
+    if result.get("completion") is not None and not result["answer"]:
+        return f"(no answer found in: {result['completion']!r})"
+    return result["answer"]
+
+
+def ask_for_reasoning(question: str, instruction: str) -> str:
+    """The question followed by the reasoning instruction on its own line."""
+    return f"{question.rstrip()}\n{instruction.strip()}"
+
+
+class AskingForReasoning(Dataset):
+    """An evaluation split whose questions ask for reasoning; references and labels stay the plain answers."""
+
+    def __init__(self, dataset: Dataset, instruction: str) -> None:
+        self.dataset, self.instruction = dataset, instruction
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name: str):  # stats, plot_inputs, normalisation: the wrapped split's
+        if name in ("dataset", "instruction"):
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, index):
+        item = dict(self.dataset[index])
+        item["question"] = ask_for_reasoning(item["question"], self.instruction)
+        return item

@@ -31,6 +31,7 @@ from safetensors.torch import load_file
 
 from mmmed.model.assembly import assemble_model, build_plugins
 from mmmed.model.collate import pad_sequences, stack_signals
+from mmmed.eval.rationale import ask_for_reasoning, parse_rationale
 from mmmed.model.generation import GenerationSettings, Signal, generate_answers, score_options
 from mmmed.eval.label_scores import softmax
 from mmmed.model.llm import load_causal_lm, load_tokenizer
@@ -110,6 +111,16 @@ class MultimodalPredictor:
         self.classifier = AnswerClassifier(config["answer_classes"])
         self.greedy = GenerationSettings(max_new_tokens=config["max_new_tokens"], do_sample=False, temperature=1.0,
                                          top_p=1.0, num_samples=1, use_cache=True)
+        # {"instruction", "max_new_tokens"} of a self-trained model, else None (models saved before have none).
+        self.reasoning: dict | None = config.get("reasoning")
+
+    def asks_for_reasoning(self, setting: str | bool) -> bool:
+        """Whether to ask for a rationale: ``auto`` (when self-trained), ``true`` (refused unless self-trained), ``false``."""
+        if setting not in ("auto", True, False):
+            raise ValueError(f"reasoning must be auto, true or false, not {setting!r}")
+        if setting is True and self.reasoning is None:
+            raise ValueError("reasoning=true: this model was not self-trained (selftrain.py), it has no reasoning instruction")
+        return self.reasoning is not None if setting == "auto" else setting
 
     def prompt_batch(self, questions: list[str], signals: list[dict[str, list[Signal]]]) -> dict[str, Any]:
         """Left-padded prompts and stacked signals, keyed and built as MultimodalCollator's generation view."""
@@ -184,14 +195,19 @@ class MultimodalPredictor:
 
     def predict_files(self, questions: list[str], paths: list[str | Path], settings: GenerationSettings | None = None,
                       options: list[list[str] | None] | None = None, batch_size: int = 16,
-                      option_batch_size: int = 32) -> list[dict[str, Any]]:
+                      option_batch_size: int = 32, reasoning: bool = False) -> list[dict[str, Any]]:
         """Answers about files, generated ``batch_size`` encoder inputs at a time (left-padded, KV cache).
 
         Per file: ``answer`` (several ECG evaluation windows vote, as in evaluation), ``samples`` when
         sampling several, and ``options`` ({option: {logprob, prob}}, averaged over windows) when given.
+        With ``reasoning`` (a self-trained model only) each question asks for a rationale: ``answer`` is the text
+        after ``Answer:`` (empty when the completion does not parse), ``reasoning`` and ``completion`` beside it.
         """
+        if reasoning and not self.reasoning:
+            raise ValueError("this model was not self-trained (selftrain.py): it has no reasoning instruction to ask with")
         options = options or [None] * len(paths)
-        jobs = [(row, question, inputs) for row, (question, path) in enumerate(zip(questions, paths))
+        asked = [ask_for_reasoning(q, self.reasoning["instruction"]) for q in questions] if reasoning else questions
+        jobs = [(row, question, inputs) for row, (question, path) in enumerate(zip(asked, paths))
                 for inputs in self.record_inputs(path)]  # one job per evaluation view of the record
         generated: list[list[str]] = []
         for start in range(0, len(jobs), batch_size):
@@ -203,10 +219,18 @@ class MultimodalPredictor:
         results = []
         for row, (question, path) in enumerate(zip(questions, paths)):
             mine = by_row[row]
-            windows = [{"id": f"{path}{CROP_SEPARATOR}{n}", "answer": generated[k][0],
-                        "predicted_label": self.classifier(generated[k][0])} for n, k in enumerate(mine)]
+            windows = [{"id": f"{path}{CROP_SEPARATOR}{n}", "answer": generated[k][0]} for n, k in enumerate(mine)]
+            for window in windows if reasoning else ():
+                parsed = parse_rationale(window["answer"])
+                window["completion"], window["reasoning"] = window["answer"], parsed.reasoning if parsed else None
+                window["answer"] = parsed.answer if parsed else ""  # no answer found: none given, never guessed
+            for window in windows:
+                window["predicted_label"] = self.classifier(window["answer"])
             result: dict[str, Any] = {"answer": windows[0]["answer"] if len(windows) == 1
                                       else aggregate_crops(windows)[0]["answer"]}
+            if reasoning:  # the rationale of a window that gave the (voted) answer
+                shown = next((w for w in windows if w["answer"] == result["answer"]), windows[0])
+                result.update(reasoning=shown["reasoning"], completion=shown["completion"])
             if settings is not None and settings.num_samples > 1:
                 result["samples"] = [answer for k in mine for answer in generated[k]]
             if options[row]:

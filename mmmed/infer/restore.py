@@ -129,5 +129,8 @@ def restore_checkpoint(ckpt_path: str | Path, trusted_modules: tuple[str, ...] =
                 "dtype": llm_kwargs["dtype"], "lora": lora},
         "normalization": normalization,  # the training split's statistics, by modality (or None)
         "data": {"dataset": dataset["_target_"], "task": dataset.get("task")},
+        # A self-trained model (selftrain.py) answers "Reasoning: ... Answer: ..." when asked with its instruction.
+        "reasoning": ({"instruction": cfg["selftrain"]["instruction"], "max_new_tokens": cfg["selftrain"]["max_new_tokens"]}
+                      if cfg.get("selftrain") else None),
     }
     return RestoredModel(model.eval(), formatter, config, cfg, lora, stage["train_llm"], plugins)

@@ -4,7 +4,7 @@ round fine-tunes on.
 * **Asking for reasoning.** A question asks for a rationale when ``instruction`` follows it on a new line
   (``"Is the heart rate above 75 bpm?\\nGive your reasoning, then the answer, as 'Reasoning: ...' and 'Answer: ...'."``).
   The same text is used when sampling, in rationale training items, and when the evaluation scores a self-trained
-  model (:class:`AskingForReasoning`); the plain question still asks for the plain answer.
+  model (``mmmed.eval.rationale.AskingForReasoning``); the plain question still asks for the plain answer.
 * **Rationale rows** (``rationale_seeds.jsonl`` and ``round_<n>/rationales.jsonl``): ``id`` (the training item's
   id), ``question``, ``rationale`` (the reasoning, without its label), ``answer`` and ``source`` (``seed``,
   ``sampled`` or ``hinted``); round files add ``checkers``, ``round`` and ``model_hash``.
@@ -22,14 +22,9 @@ from torch.utils.data import Dataset
 
 from mmmed.atomic_files import write_file_atomic
 
-from mmmed.eval.rationale import format_rationale
+from mmmed.eval.rationale import ask_for_reasoning, format_rationale
 
 SOURCES = ("seed", "sampled", "hinted")
-
-
-def ask_for_reasoning(question: str, instruction: str) -> str:
-    """The question followed by the reasoning instruction on its own line."""
-    return f"{question.rstrip()}\n{instruction.strip()}"
 
 
 def item_ids(dataset: Dataset) -> list[str]:
@@ -77,26 +72,6 @@ def write_jsonl(path: Path, rows: Sequence[dict]) -> None:
     """Rows as JSON lines, written to a temporary file and renamed: a kill leaves the old file or the new one."""
     text = "".join(json.dumps(row) + "\n" for row in rows).encode()
     write_file_atomic(path, lambda handle: handle.write(text))
-
-
-class AskingForReasoning(Dataset):
-    """An evaluation split whose questions ask for reasoning; references and labels stay the plain answers."""
-
-    def __init__(self, dataset: Dataset, instruction: str) -> None:
-        self.dataset, self.instruction = dataset, instruction
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getattr__(self, name: str):  # stats, plot_inputs, normalisation: the wrapped split's
-        if name in ("dataset", "instruction"):
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
-
-    def __getitem__(self, index):
-        item = dict(self.dataset[index])
-        item["question"] = ask_for_reasoning(item["question"], self.instruction)
-        return item
 
 
 class FixedSeeds(Dataset):

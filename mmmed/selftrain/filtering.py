@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
+from mmmed.eval.metrics import AnswerClassifier
 from mmmed.eval.scoring import AnswerScorer
 from mmmed.eval.rationale import Rationale, parse_rationale
 
@@ -63,6 +64,44 @@ class StatedValueChecker:
         worst = max(stated, key=lambda value: abs(value - measured))
         keep = abs(worst - measured) <= self.tolerance
         return Verdict(self.name, keep, f"states {worst:g}, measured {measured:g} (tolerance {self.tolerance:g})")
+
+
+class ComparisonChecker:
+    """Drops a rationale whose answer disagrees with its own reading: the value it states (``pattern``) compared with
+    the record's ``fact`` (the question's threshold) must give the answer's class, ``above`` when greater, else
+    ``below``. "The heart rate is 48 bpm, above 54, so yes" for a record at 56 bpm reaches the right answer through a
+    wrong comparison; learning from it would teach the comparison wrong. A rationale that states no value, or a
+    record without the fact (another data set's: the checker then has nothing to check), is kept.
+
+    Args:
+        name: the checker's name in verdicts.
+        fact: the key of the compared value in a record's ``facts`` (``threshold``).
+        pattern: a regular expression whose first group is the stated number (the first match is the reading).
+        above, below: the answer classes for a reading above the fact and for one not above it.
+        classes: class -> regular expression naming it in an answer (the data's ``answer_classes``).
+    """
+
+    def __init__(self, name: str, fact: str, pattern: str, above: str, below: str, classes: Mapping[str, str]) -> None:
+        self.name, self.fact, self.above, self.below = name, fact, above, below
+        self.pattern = re.compile(pattern, re.IGNORECASE)
+        if self.pattern.groups < 1:
+            raise ValueError(f"checker {name}: pattern {pattern!r} needs a group around the number")
+        self.classes = sorted(classes)
+        self.classify = AnswerClassifier(dict(classes))
+
+    def __call__(self, rationale: Rationale, facts: Mapping[str, float]) -> Verdict:
+        bound = facts.get(self.fact)
+        stated = self.pattern.search(rationale.reasoning)
+        if bound is None or stated is None:
+            return Verdict(self.name, True, f"no {self.fact}" if bound is None else "states no value")
+        if {self.above, self.below} - set(self.classes):  # checked here: data without the fact never reach it
+            raise ValueError(f"checker {self.name}: {self.above!r} and {self.below!r} must be answer classes, the data's "
+                             f"are {self.classes}")
+        value = float(stated.group(1))
+        expected = self.above if value > bound else self.below
+        answered = self.classify(rationale.answer)
+        return Verdict(self.name, answered == expected,
+                       f"states {value:g}, {self.fact} {bound:g}: expects {expected}, answers {answered}")
 
 
 @dataclass

@@ -38,11 +38,10 @@ from safetensors.torch import load_file, save
 
 from mmmed.atomic_files import write_file_atomic
 from mmmed.eval.evaluation import json_safe, scalar_metrics
-from mmmed.eval.rationale import parse_rationale
+from mmmed.eval.rationale import AskingForReasoning, ask_for_reasoning, parse_rationale
 from mmmed.eval.scoring import AnswerScorer
 from mmmed.model.collate import MultimodalCollator
-from mmmed.selftrain.data import (AskingForReasoning, FixedSeeds, RationaleMixture, ask_for_reasoning, item_ids,
-                                  read_rationales, write_jsonl)
+from mmmed.selftrain.data import FixedSeeds, RationaleMixture, item_ids, read_rationales, write_jsonl
 from mmmed.selftrain.faults import kill_point
 from mmmed.selftrain.filtering import judge
 from mmmed.selftrain.report import wilson_interval, write_report
@@ -179,6 +178,8 @@ class SelfTraining:
         self._save_weights(folder / "trainable.safetensors")
         reasoning = bool(rationales)
         summary = self.evaluate("val", reasoning)
+        with (folder / "generations_val.jsonl").open("w") as handle:  # what the phase's validation score read
+            handle.writelines(json.dumps(json_safe(row)) + "\n" for row in summary["rows"])
         result = {"phase": phase, "steps": steps, "rationale_items": len(rationales), "asked_for_reasoning": reasoning,
                   "val": scalar_metrics(summary), "val_unparsed": summary["unparsed"],
                   "train_seconds": round(time.perf_counter() - started, 1)}
@@ -271,14 +272,12 @@ class SelfTraining:
             seen = set()
             for completion in row["completions"]:
                 judged = judge(completion, row["reference"], row["label"], row["facts"], self.scorer, self.checkers)
-                counts[judged.reason] = counts.get(judged.reason, 0) + 1
-                if not judged.kept:
+                duplicate = judged.kept and judged.rationale.text() in seen  # kept once per question
+                reason = "duplicate" if duplicate else judged.reason
+                counts[reason] = counts.get(reason, 0) + 1
+                if not judged.kept or duplicate:
                     continue
-                text = judged.rationale.text()
-                if text in seen:
-                    counts["duplicate"] = counts.get("duplicate", 0) + 1
-                    continue
-                seen.add(text)
+                seen.add(judged.rationale.text())
                 kept.append({"id": row["id"], "question": row["question"], "rationale": judged.rationale.reasoning,
                              "answer": judged.rationale.answer, "source": source, "checkers": judged.verdicts_json(),
                              "round": round_index, "model_hash": model_hash})
@@ -380,6 +379,11 @@ class SelfTraining:
         report = {"best_round": best, "rounds": rounds, "rows": rows,
                   "settings": OmegaConf.to_container(settings, resolve=True)}
         write_report(self.out, report)
+        # predict.py / eval.py ckpt=<this folder> load the best round's weights (find_checkpoint reads weights_from)
+        # and, seeing selftrain in its config, ask for reasoning.
+        best_ckpt = self.out / f"round_{best}" / "checkpoints" / "last.ckpt"
+        _write_json(self.out / "metrics.json", {"weights_from": str(best_ckpt), "best_round": best,
+                                                **{f"{name}/test_accuracy": row["test_accuracy"] for name, row in rows.items()}})
         self._log({f"final/{name}_test_accuracy": row["test_accuracy"] for name, row in rows.items()
                    if row["test_accuracy"] is not None}, len(rounds))
         return report

@@ -75,8 +75,10 @@ def build_run(cfg: DictConfig) -> Run:
     return Run(module, datamodule, formatter, llm)
 
 
-def build_evaluator(formatter: ChatFormatter, datamodule: MultimodalDataModule, evaluation: DictConfig) -> Evaluator:
-    """The scorer validation and eval.py share: the data decides what is scored, ``evaluation`` how."""
+def build_evaluator(formatter: ChatFormatter, datamodule: MultimodalDataModule, evaluation: DictConfig,
+                    reasoning: bool = False) -> Evaluator:
+    """The scorer validation and eval.py share: the data decides what is scored, ``evaluation`` how; ``reasoning``:
+    the questions ask for a rationale (a self-trained model), the answer is read after ``Answer:``."""
     return Evaluator(
         formatter,
         dict(datamodule.answer_classes),
@@ -88,6 +90,7 @@ def build_evaluator(formatter: ChatFormatter, datamodule: MultimodalDataModule, 
         evaluation.chexbert_weights,
         evaluation.radgraph_weights,
         answer_parts={part: dict(classes) for part, classes in datamodule.answer_parts.items()},
+        reasoning=reasoning,
     )
 
 

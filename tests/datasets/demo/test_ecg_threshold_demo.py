@@ -16,6 +16,7 @@ from mmmed_datasets.common.record_manifest import read_record_manifest
 from mmmed_datasets.demo.ecg_demo import ensure_demo_ptbxl
 from mmmed_datasets.demo.ecg_threshold_demo import (
     MANIFEST,
+    RATE_QUESTION,
     SEEDS,
     ensure_threshold_questions,
     plan_questions,
@@ -23,7 +24,7 @@ from mmmed_datasets.demo.ecg_threshold_demo import (
 )
 
 SETTINGS = {"train_questions_per_record": 4, "eval_questions": 20, "min_gap": 3, "max_gap": 20,
-            "seed_fraction": 0.1, "seed": 0}
+            "seed_fraction": 0.1, "seed": 0, "rate_questions": False}
 YES_NO = {"YES": r"^\W*yes\b", "NO": r"^\W*no\b"}  # conf/data/ecg_threshold_demo.yaml
 
 
@@ -96,6 +97,19 @@ def test_more_than_a_tenth_of_seeds_is_refused(ptbxl, tmp_path):
         ensure_threshold_questions(tmp_path / "q", ptbxl, **{**SETTINGS, "seed_fraction": 0.5})
 
 
+def test_rate_questions_train_the_reading_and_never_reach_the_held_out_splits(ptbxl, tmp_path):
+    root = ensure_threshold_questions(tmp_path / "q", ptbxl, **{**SETTINGS, "rate_questions": True})
+    records, _ = read_record_manifest(root / MANIFEST, ["ecg"])
+    rate = [r for r in records if r.question == RATE_QUESTION]
+    assert len(rate) == 24 and {r.split for r in rate} == {"train"}  # one per training record
+    assert {r.signals["ecg"][0] for r in rate} == {r.signals["ecg"][0] for r in records if r.split == "train"}
+    for r in rate:
+        assert r.answer == f"{round(r.facts['heart_rate'])} bpm." and r.label is None and "threshold" not in r.facts
+    seeds = [json.loads(line) for line in (root / SEEDS).read_text().splitlines()]
+    assert len(seeds) == int(0.1 * (96 + 24))  # a tenth of all training questions, rate questions counted
+    assert all(seed["question"].startswith("Is the heart rate above ") for seed in seeds)
+
+
 def test_the_data_config_reads_the_questions_with_their_facts(questions, ptbxl, compose, tmp_path):
     from hydra.utils import instantiate
 
@@ -108,5 +122,6 @@ def test_the_data_config_reads_the_questions_with_their_facts(questions, ptbxl, 
     data.setup("fit")
     assert {s: len(d) for s, d in data.splits.items()} == {"train": 96, "val": 21, "test": 21}
     item = data.splits["test"][0]
-    assert set(item["facts"]) == {"heart_rate"} and item["label"] in ("YES", "NO")
+    assert set(item["facts"]) == {"heart_rate", "threshold"} and item["label"] in ("YES", "NO")
+    assert f"above {item['facts']['threshold']:g} bpm?" in item["question"]
     assert item["question"].startswith("Is the heart rate above ")

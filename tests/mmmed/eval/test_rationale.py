@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mmmed.eval.rationale import Rationale, format_rationale, parse_rationale
+from torch.utils.data import Dataset
+
+from mmmed.eval.rationale import AskingForReasoning, Rationale, ask_for_reasoning, format_rationale, parse_rationale
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -41,3 +43,20 @@ def test_format_writes_what_parse_reads_and_refuses_what_it_could_not():
     for reasoning, answer in [("", "yes"), ("fast", ""), ("fast\nAnswer: no", "yes"), ("fast", "yes\nno")]:
         with pytest.raises(ValueError, match="parseable rationale"):
             format_rationale(reasoning, answer)
+
+
+class Questions(Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> dict:
+        return {"id": str(index), "question": f"Is the heart rate above {70 + index} bpm?  ", "answer": "Yes."}
+
+
+def test_a_question_asks_for_reasoning_with_the_instruction_on_its_own_line():
+    instruction = "Answer with your reasoning first, as 'Reasoning: ...', then 'Answer: ...'."
+    assert ask_for_reasoning("Is the heart rate above 71 bpm?  ", f" {instruction}") == \
+        f"Is the heart rate above 71 bpm?\n{instruction}"
+    view = AskingForReasoning(Questions(), instruction)
+    assert view[1] == {"id": "1", "question": f"Is the heart rate above 71 bpm?\n{instruction}", "answer": "Yes."}
+    assert len(view) == 2

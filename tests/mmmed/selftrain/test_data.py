@@ -7,8 +7,7 @@ import json
 import pytest
 from torch.utils.data import Dataset
 
-from mmmed.selftrain.data import (AskingForReasoning, FixedSeeds, RationaleMixture, ask_for_reasoning, item_ids,
-                                  read_rationales, write_jsonl)
+from mmmed.selftrain.data import FixedSeeds, RationaleMixture, item_ids, read_rationales, write_jsonl
 
 INSTRUCTION = "Answer with your reasoning first, as 'Reasoning: ...', then 'Answer: ...'."
 
@@ -61,12 +60,6 @@ def test_rationale_files_refuse_ids_outside_training_and_unparseable_rows(tmp_pa
     path.write_text(json.dumps({**rows()[0], "answer": " "}) + "\n")
     with pytest.raises(ValueError, match=r"seeds.jsonl:1: missing or empty answer"):
         read_rationales(path)
-
-
-def test_evaluation_questions_ask_for_reasoning_and_keep_their_references():
-    view = AskingForReasoning(Questions(), INSTRUCTION)
-    assert view[1]["question"] == ask_for_reasoning("Is the heart rate above 71 bpm?", INSTRUCTION)
-    assert view[1]["question"].endswith("bpm?\n" + INSTRUCTION) and view[1]["answer"] == "Yes."
 
 
 def test_fixed_seeds_read_every_item_with_the_same_seed_each_time():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mmmed.eval.scoring import AnswerScorer
-from mmmed.selftrain.filtering import StatedValueChecker, judge
+from mmmed.selftrain.filtering import ComparisonChecker, StatedValueChecker, judge
 from mmmed.eval.rationale import Rationale
 
 YES_NO = AnswerScorer({"YES": r"^\W*yes\b", "NO": r"^\W*no\b"})
@@ -47,3 +47,42 @@ def test_stated_values_are_compared_with_the_measured_fact(reasoning, facts, kee
 def test_a_checker_pattern_needs_a_group_for_the_number():
     with pytest.raises(ValueError, match="needs a group"):
         StatedValueChecker("hr", "heart_rate", r"\d+ bpm", 10)
+
+
+AGREES = ComparisonChecker("reading_agrees", "threshold", r"rate is (\d+)", "YES", "NO",
+                           {"YES": r"^\W*yes\b", "NO": r"^\W*no\b"})
+
+
+@pytest.mark.parametrize("reasoning, answer, keep, detail", [
+    ("The heart rate is 82 bpm, above 75, so yes.", "Yes.", True, "states 82, threshold 75: expects YES, answers YES"),
+    ("The heart rate is 75 bpm, not above 75, so no.", "No.", True, "states 75, threshold 75: expects NO, answers NO"),
+    # right answer for a record at 80 bpm, but not what its own reading of 70 gives: dropped
+    ("The heart rate is 70 bpm, above 75, so yes.", "Yes.", False, "states 70, threshold 75: expects NO, answers YES"),
+    ("The rhythm is regular.", "Yes.", True, "states no value"),
+])
+def test_the_answer_must_follow_from_the_rationales_own_reading(reasoning, answer, keep, detail):
+    verdict = AGREES(Rationale(reasoning, answer), {"heart_rate": 80.0, "threshold": 75})
+    assert (verdict.keep, verdict.detail) == (keep, detail)
+    assert AGREES(Rationale(reasoning, answer), {"heart_rate": 80.0}).detail == "no threshold"
+
+
+def test_the_demo_config_builds_both_checkers_and_they_keep_the_seed_rationales(compose, tmp_path):
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_app
+
+    cfg = compose_app("selftrain", ["model=tiny"], tmp_path, resolve=False)
+    checkers = [instantiate(c) for c in cfg.selftrain.checkers.values()]
+    assert [c.name for c in checkers] == ["heart_rate", "reading_agrees"]
+    seed = Rationale("The heart rate is 82 bpm, above 75, so yes.", "Yes.")  # datasets/demo/ecg_threshold_demo.py's
+    assert all(c(seed, {"heart_rate": 82.4, "threshold": 75}).keep for c in checkers)
+    wrong = Rationale("The heart rate is 60 bpm, not above 75, so no.", "No.")
+    assert [c(wrong, {"heart_rate": 82.4, "threshold": 75}).keep for c in checkers] == [False, True]
+
+
+def test_a_comparison_checker_naming_classes_the_data_lacks_fails_on_the_first_record_it_checks():
+    checker = ComparisonChecker("agrees", "threshold", r"rate is (\d+)", "YES", "NO", {"yes": "yes", "no": "no"})
+    seed = Rationale("The heart rate is 82 bpm, above 75, so yes.", "Yes.")
+    assert checker(seed, {"heart_rate": 82.0}).keep  # another data set's record: nothing to check, no error
+    with pytest.raises(ValueError, match=r"'YES' and 'NO' must be answer classes, the data's are \['no', 'yes'\]"):
+        checker(seed, {"threshold": 75})
