@@ -99,7 +99,7 @@ def tiny_ecg_run(tmp_path_factory) -> tuple[Path, Path]:
 
     out = tmp_path_factory.mktemp("tiny_ecg_run")
     root = ensure_demo_ptbxl(out / "demo", num_patients=30, records_per_patient=1, seed=0)
-    cfg = compose_app("train", ["model=tiny", "logger=csv", f"data.root={root}", "data.prepare.num_patients=30",
+    cfg = compose_app("train", ["model=tiny", "logger=csv", f"data.root={root}", "data.prepare.num_patients=30", "data.prepare.heldout_patients=0",
                                 "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_test_batches=1",
                                 "ecg_signal.preprocessing.seconds=5", f"ecg_signal.cache.cache_dir={out / 'cache'}"],
                       out / "run", resolve=True)

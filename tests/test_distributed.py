@@ -55,6 +55,7 @@ def run_overrides(demo_root: Path, *extra: str) -> list[str]:
         "logger=csv",
         f"data.root={demo_root}",
         "data.prepare.num_patients=30",
+        "data.prepare.heldout_patients=0",
         "data.prepare.records_per_patient=1",
         f"trainer.max_steps={STEPS}",
         "trainer.val_check_interval=2",  # the only validation, so the best checkpoint holds step 2's weights

@@ -27,7 +27,7 @@ def demo_root(tmp_path_factory) -> Path:
 def poisoned(demo_root: Path, run: Path, policy: str) -> list[str]:
     """Three steps of model=tiny, a checkpoint each step, a NaN in a gradient at step 2."""
     return [
-        "model=tiny", "logger=csv", f"data.root={demo_root}", "data.prepare.num_patients=30",
+        "model=tiny", "logger=csv", f"data.root={demo_root}", "data.prepare.num_patients=30", "data.prepare.heldout_patients=0",
         "data.prepare.records_per_patient=1", "trainer.max_steps=3", "trainer.limit_val_batches=0",
         "test_after_fit=false", "trainer.log_every_n_steps=1", f"nonfinite={policy}",
         "callbacks.model_checkpoint.monitor=null", "++callbacks.model_checkpoint.every_n_train_steps=1",

@@ -37,7 +37,7 @@ def ecg_run(tmp_path_factory) -> Path:
     """20 steps of the ECG demo task, validated once at the end (as the last checkpoint's weights)."""
     out = tmp_path_factory.mktemp("ecg")
     root = ensure_demo_ptbxl(out / "demo", num_patients=30, records_per_patient=1, seed=0)
-    cfg = compose_app("train", [f"data.root={root}", "data.prepare.num_patients=30", "trainer.max_steps=20",
+    cfg = compose_app("train", [f"data.root={root}", "data.prepare.num_patients=30", "data.prepare.heldout_patients=0", "trainer.max_steps=20",
                                 "trainer.val_check_interval=20", f"ecg_signal.cache.cache_dir={out / 'cache'}", *FAST],
                       out / "run", resolve=True)
     train(cfg)

@@ -177,7 +177,7 @@ def test_other_data_sets_run_the_same_loop_unchanged(data, tmp_path):
     from selftrain import selftrain
 
     ptbxl = ensure_demo_ptbxl(tmp_path / "ptbxl", num_patients=30, records_per_patient=1, seed=0)
-    where = [f"data.root={ptbxl}"] if data == "ptbxl_demo" else [f"data.root={tmp_path / 'ecgqa'}",
+    where = [f"data.root={ptbxl}", "data.prepare.heldout_patients=0"] if data == "ptbxl_demo" else [f"data.root={tmp_path / 'ecgqa'}",
                                                                  f"data.dataset.ptbxl_root={ptbxl}"]
     cfg = compose_app("selftrain", ["model=tiny", "logger=csv", f"data={data}", *where, "data.prepare.num_patients=30",
                                     f"ecg_signal.cache.cache_dir={tmp_path / 'cache'}", "selftrain.round0_steps=2",

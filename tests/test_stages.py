@@ -47,7 +47,7 @@ def part_of(key: str) -> str:
     ],
 )
 def test_stage_trains_exactly_its_parts(compose, demo_root, tmp_path, stage, extra, trained):
-    cfg = compose([f"data.root={demo_root}", "data.prepare.num_patients=30", f"stage={stage}",
+    cfg = compose([f"data.root={demo_root}", "data.prepare.num_patients=30", "data.prepare.heldout_patients=0", f"stage={stage}",
                    "scheduler.warmup_steps=3", *extra], tmp_path)
     run = build_run(cfg)
     model = run.module.model

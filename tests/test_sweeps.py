@@ -35,7 +35,7 @@ def demo_root() -> Path:
 def tiny(demo_root: Path) -> dict[str, object]:
     """Settings that make a sampled run a quick tiny one (passed like a sweep's fixed parameters)."""
     return {
-        "model": "tiny", "data.root": str(demo_root), "data.prepare.num_patients": 30,
+        "model": "tiny", "data.root": str(demo_root), "data.prepare.num_patients": 30, "data.prepare.heldout_patients": 0,
         "data.prepare.records_per_patient": 1, "trainer.max_steps": 2, "trainer.val_check_interval": 2,
         "trainer.limit_val_batches": 1, "test_after_fit": False,
     }

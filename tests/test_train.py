@@ -26,6 +26,7 @@ def quick(demo_root: Path, *extra: str) -> list[str]:
     return [
         f"data.root={demo_root}",
         "data.prepare.num_patients=30",
+        "data.prepare.heldout_patients=0",
         "data.prepare.records_per_patient=1",
         "trainer.val_check_interval=2",
         "trainer.limit_val_batches=1",

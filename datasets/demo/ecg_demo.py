@@ -13,7 +13,8 @@ are simulated in parallel. The limb leads III, aVR, aVL, aVF are re-derived from
 The learnable truth is the rhythm: sinus bradycardia (40-55 bpm), normal sinus rhythm (65-95 bpm)
 or sinus tachycardia (105-140 bpm); rates within 5 bpm of the 60/100 bpm thresholds are not drawn,
 so every label is unambiguous. Folds 1-10 are assigned per patient (patient-disjoint), balanced by
-rhythm, as PTB-XL's ``strat_fold``.
+rhythm, as PTB-XL's ``strat_fold``; the demo config gives the held-out folds 9 and 10 more patients than a
+training fold (``heldout_patients``), so their accuracy is measured on hundreds of records, not a dozen.
 """
 
 from __future__ import annotations
@@ -112,19 +113,29 @@ def _simulate_patient(job: dict) -> list[dict]:
     return rows
 
 
-def _plan(num_patients: int, records_per_patient: int, seed: int) -> list[dict]:
-    """Per-patient rhythm, rate, demographics and fold, from the seed alone."""
+def _plan(num_patients: int, records_per_patient: int, seed: int, heldout_patients: int = 0) -> list[dict]:
+    """Per-patient rhythm, rate, demographics and fold, from the seed alone.
+
+    ``heldout_patients`` 0: the ``num_patients`` are dealt over folds 1-10 (PTB-XL's equal folds). Otherwise the
+    ``num_patients`` are dealt over the training folds 1-8 and folds 9 (validation) and 10 (test) get
+    ``heldout_patients`` patients each, so that held-out accuracy has a usable confidence interval.
+    """
     rng = np.random.default_rng(seed)
     codes = list(RHYTHMS)
-    rhythms = [codes[i % len(codes)] for i in range(num_patients)]
-    rng.shuffle(rhythms)
-    # Folds are dealt round-robin within each rhythm, so every fold holds every rhythm.
-    dealt = {code: 0 for code in codes}
+    groups = [(num_patients, 10 if heldout_patients == 0 else 8, 1)]  # (patients, folds, first fold)
+    if heldout_patients:
+        groups += [(heldout_patients, 1, 9), (heldout_patients, 1, 10)]
+    assignments = []
+    for count, folds, first in groups:
+        rhythms = [codes[i % len(codes)] for i in range(count)]
+        rng.shuffle(rhythms)
+        # Folds are dealt round-robin within each rhythm, so every fold holds every rhythm.
+        dealt = {code: 0 for code in codes}
+        for code in rhythms:
+            assignments.append((code, first + dealt[code] % folds))
+            dealt[code] += 1
     jobs, next_id = [], 1
-    for patient in range(num_patients):
-        code = rhythms[patient]
-        fold = 1 + dealt[code] % 10
-        dealt[code] += 1
+    for patient, (code, fold) in enumerate(assignments):
         low, high = RHYTHMS[code][0]
         jobs.append(
             {
@@ -142,18 +153,24 @@ def _plan(num_patients: int, records_per_patient: int, seed: int) -> list[dict]:
     return jobs
 
 
-def ensure_demo_ptbxl(root: str | os.PathLike, num_patients: int, records_per_patient: int, seed: int, workers: int | None = None) -> Path:
-    """Create the demo set at ``root`` unless a complete one with the same settings is there."""
+def ensure_demo_ptbxl(root: str | os.PathLike, num_patients: int, records_per_patient: int, seed: int,
+                      workers: int | None = None, heldout_patients: int = 0) -> Path:
+    """Create the demo set at ``root`` unless a complete one with the same settings is there (``_plan``: which
+    patients go to which fold)."""
     settings = {"num_patients": num_patients, "records_per_patient": records_per_patient, "seed": seed, "version": 2}
-    return build_once(root, settings, lambda folder: _write_demo(folder, num_patients, records_per_patient, seed, workers))
+    if heldout_patients:  # a set made without it keeps its settings (and its cached folder stays valid)
+        settings["heldout_patients"] = heldout_patients
+    return build_once(root, settings, lambda folder: _write_demo(folder, num_patients, records_per_patient, seed, workers,
+                                                                 heldout_patients))
 
 
-def _write_demo(folder: Path, num_patients: int, records_per_patient: int, seed: int, workers: int | None) -> None:
-    jobs = _plan(num_patients, records_per_patient, seed)
+def _write_demo(folder: Path, num_patients: int, records_per_patient: int, seed: int, workers: int | None,
+                heldout_patients: int) -> None:
+    jobs = _plan(num_patients, records_per_patient, seed, heldout_patients)
     for job in jobs:
         job["root"] = str(folder)
     workers = workers or min(len(jobs), os.cpu_count() or 1)
-    log.info("Simulating %d demo ECGs (%d patients, %d workers)", num_patients * records_per_patient, num_patients, workers)
+    log.info("Simulating %d demo ECGs (%d patients, %d workers)", sum(len(j["ecg_ids"]) for j in jobs), len(jobs), workers)
     if workers > 1:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
             rows = [row for rows in pool.map(_simulate_patient, jobs) for row in rows]

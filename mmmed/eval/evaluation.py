@@ -6,7 +6,10 @@ Per split (``Evaluator.summarize``), on records (several evaluation windows of o
 
 * closed questions: accuracy over the answer classes, per-class precision/recall/F1, exact match;
 * label sets: per-label and macro AUROC with bootstrap confidence intervals;
-* free text (``report_metrics``): BLEU-1/4 and ROUGE-L; CheXbert/RadGraph F1 only with their weights.
+* free text (``report_metrics``): BLEU-1/4 and ROUGE-L; CheXbert/RadGraph F1 only with their weights;
+* measured values (``answer_values``, e.g. the heart rate in "Sinus tachycardia at 123 bpm."): the mean absolute
+  error between the number an answer states and the reference's, over references that state one; an answer
+  that states none is counted (``missing``) and left out of the mean.
 
 A model asked for reasoning (``reasoning=True``: a self-trained model, ``mmmed/selftrain``) writes
 ``Reasoning: ... Answer: ...``; its answer is what the strict parser (``rationale.py``) finds after ``Answer:``,
@@ -16,6 +19,7 @@ and a completion it cannot parse has no answer (scored wrong). Rows keep the who
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 
 import numpy as np
@@ -52,12 +56,15 @@ class Evaluator:
             asked part right.
         reasoning: whether the questions ask for a rationale (module docstring): the answer is then parsed from
             after ``Answer:``.
+        answer_values: value name -> regular expression whose first group is the number an answer states (the
+            same expression reads the reference); each is scored by its mean absolute error.
     """
 
     def __init__(self, formatter: ChatFormatter, answer_classes: dict[str, str], generation: GenerationSettings,
                  label_scores: LabelScoring | None, report_metrics: str | None, bootstrap: dict, option_batch_size: int,
                  chexbert_weights: str | None, radgraph_weights: str | None, *,
-                 answer_parts: dict[str, dict[str, str]] | None = None, reasoning: bool = False) -> None:
+                 answer_parts: dict[str, dict[str, str]] | None = None, reasoning: bool = False,
+                 answer_values: dict[str, str] | None = None) -> None:
         if generation.do_sample:
             raise ValueError("evaluation decodes greedily: scores of sampled answers change from run to run")
         self.formatter = formatter
@@ -72,6 +79,10 @@ class Evaluator:
         self.chexbert_weights = chexbert_weights
         self.radgraph_weights = radgraph_weights
         self.reasoning = reasoning
+        self.values = {name: re.compile(pattern, re.IGNORECASE) for name, pattern in (answer_values or {}).items()}
+        odd = [name for name, pattern in self.values.items() if pattern.groups < 1]
+        if odd:
+            raise ValueError(f"data.answer_values: {odd} must capture the number in a group, e.g. '(\\d+) bpm'")
 
     @torch.no_grad()
     def batch_rows(self, model: MultimodalLM, batch: dict, with_label_scores: bool = True) -> list[dict]:
@@ -127,6 +138,9 @@ class Evaluator:
                                 for r in scored_rows])  # (N, C): NaN where a row does not ask about the label
             summary["auroc"] = auroc_with_ci(scores, targets, labels, self.bootstrap["resamples"],
                                              self.bootstrap["confidence"], self.bootstrap["seed"])
+        if self.values:
+            summary["values"] = {name: value_error([r["answer"] for r in records], [r["reference"] for r in records],
+                                                   pattern) for name, pattern in self.values.items()}
         if self.report_metrics:
             answers, references = [r["answer"] for r in records], [r["reference"] for r in records]
             summary["report"] = report_metrics(answers, references)
@@ -157,6 +171,29 @@ class Evaluator:
                 "num_scored": len(all_right)}
 
 
+def stated_value(text: str, pattern: re.Pattern) -> float | None:
+    """The first number ``pattern`` finds in ``text`` (its first group), or None."""
+    found = pattern.search(text)
+    return float(found.group(1)) if found else None
+
+
+def value_error(answers: list[str], references: list[str], pattern: re.Pattern) -> dict:
+    """Mean absolute error of the stated values over the references that state one; ``missing``: answers to
+    those that state none (left out of the mean, which is NaN when no answer states one)."""
+    errors, missing = [], 0
+    for answer, reference in zip(answers, references):
+        truth = stated_value(reference, pattern)
+        if truth is None:
+            continue
+        said = stated_value(answer, pattern)
+        if said is None:
+            missing += 1
+        else:
+            errors.append(abs(said - truth))
+    return {"mae": float(np.mean(errors)) if errors else math.nan, "num_scored": len(errors) + missing,
+            "missing": missing}
+
+
 def merge_crops(rows: list[dict]) -> list[dict]:
     """Records from rows per evaluation window: answers vote (``aggregate_crops``), label probabilities average."""
     records = aggregate_crops(rows)
@@ -182,6 +219,8 @@ def scalar_metrics(summary: dict) -> dict[str, float]:
         scalars["macro_f1"] = float(summary["classes"]["macro"]["f1"])
     if "auroc" in summary:
         scalars["macro_auroc"] = float(summary["auroc"]["macro_auroc"])
+    for name, scores in summary.get("values", {}).items():
+        scalars[f"{name}_mae"] = float(scores["mae"])
     for key, value in summary.get("report", {}).items():
         if isinstance(value, (int, float)) and key != "count":
             scalars[key] = float(value)

@@ -30,6 +30,7 @@ import torch
 from safetensors.torch import load_file
 
 from mmmed.model.assembly import assemble_model, build_plugins
+from mmmed.model.attention import attention_kernel
 from mmmed.model.collate import pad_sequences, stack_signals
 from mmmed.eval.rationale import ask_for_reasoning, parse_rationale
 from mmmed.model.generation import GenerationSettings, Signal, generate_answers, score_options
@@ -108,6 +109,11 @@ class MultimodalPredictor:
         self.tokenizer = formatter.tokenizer
         self.config = config
         self.device = torch.device(device)
+        # The training run's attention and prefix-cache settings (``speed:``; an exported model: the defaults), so
+        # that predict.py and eval.py compute what the run's validation computed on the same device.
+        speed = (run_config or {}).get("speed") or {}
+        self.model.llm.set_attn_implementation(attention_kernel(speed.get("attention", "auto"), self.device.type))
+        self.model.use_prefix_cache(speed.get("prefix_cache", True))
         self.classifier = AnswerClassifier(config["answer_classes"])
         self.greedy = GenerationSettings(max_new_tokens=config["max_new_tokens"], do_sample=False, temperature=1.0,
                                          top_p=1.0, num_samples=1, use_cache=True)

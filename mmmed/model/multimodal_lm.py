@@ -16,6 +16,7 @@ from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from mmmed.model.lora import is_lora_parameter
+from mmmed.model.prefix_cache import PrefixCache, prompt_prefix_first, shared_prefix_length
 from mmmed.model.prompts import IGNORE_INDEX
 
 
@@ -68,7 +69,35 @@ class MultimodalLM(nn.Module):
         self.adapters.requires_grad_(True)
         # Distributed training sets this (the Lightning module, when world size > 1): see ``embed``.
         self.every_modality_in_graph = False
+        # The shared prompt start's keys and values, reused while no LLM weight trains (``use_prefix_cache``).
+        self.prefix_cache: PrefixCache | None = None
+        # The LLM's forward through torch.compile for the loss (``compile_llm``); a function, not a module, so the
+        # state dict keeps its keys.
+        self.compiled_llm_forward = None
+        # Fires however the LLM's weights are loaded: directly, or through this model or a Lightning module.
+        self.llm.register_load_state_dict_pre_hook(self._forget_prefix)
         self.train()
+
+    def use_prefix_cache(self, enabled: bool) -> None:
+        """Compute the keys and values of the prompt start every sample shares once, where that is exact
+        (``mmmed/model/prefix_cache.py``): a frozen LLM without LoRA and without active gradient checkpointing."""
+        self.prefix_cache = PrefixCache() if enabled else None
+
+    def compile_llm(self, enabled: bool) -> None:
+        """Run the LLM's forward for the loss through ``torch.compile`` (dynamic shapes: batch lengths vary).
+        Generation keeps the eager forward: its one-token steps would compile again for little gain."""
+        self.compiled_llm_forward = torch.compile(self.llm.forward, dynamic=True) if enabled else None
+
+    def _prefix_cache_applies(self) -> bool:
+        if self.prefix_cache is None or any(p.requires_grad for p in self.llm.parameters()):
+            return False
+        return not any(isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing and m.training
+                       for m in self.llm.modules())
+
+    def _forget_prefix(self, *_) -> None:
+        """Cached prefix keys and values belong to the weights they came from: loading any into the LLM drops them."""
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
 
     def train(self, mode: bool = True) -> "MultimodalLM":
         """Like ``nn.Module.train``, but frozen parts stay in eval mode (no dropout, fixed norms)."""
@@ -193,11 +222,16 @@ class MultimodalLM(nn.Module):
         targets = labels[:, 1:]  # (B, L-1): the token each position predicts
         # The LM head runs only where some sample has a target: a big saving with a 49k vocabulary.
         keep = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(1)  # (K,)
-        out = self.llm(
-            inputs_embeds=embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            logits_to_keep=keep,
+        start, past = 0, None  # positions [0, start) come from the prefix cache, when it applies
+        if self._prefix_cache_applies():
+            start = shared_prefix_length(input_ids, attention_mask, labels, list(self.placeholder_ids.values()))
+            past = self.prefix_cache.past(self.llm, input_ids[0, :start], len(input_ids)) if start else None
+        out = (self.compiled_llm_forward or self.llm)(
+            inputs_embeds=embeds[:, start:],
+            attention_mask=attention_mask,  # (B, L): the past's positions and these
+            position_ids=position_ids[:, start:],
+            past_key_values=past,
+            logits_to_keep=keep - start,
             use_cache=False,
         )
         return out.logits.float(), targets[:, keep]
@@ -228,6 +262,19 @@ class MultimodalLM(nn.Module):
         signals: dict[str, torch.Tensor],
         **generate_kwargs,
     ) -> torch.Tensor:
-        """Continue left-padded prompts; returns only the new token ids. (B, new)"""
+        """Continue left-padded prompts; returns only the new token ids. (B, new)
+
+        With the prefix cache on, the prompts' shared start runs from the cache (``prompt_prefix_first``); one
+        completion per prompt only (Hugging Face does not repeat a given cache for ``num_return_sequences``).
+        """
+        if (self._prefix_cache_applies() and generate_kwargs.get("num_return_sequences", 1) == 1
+                and generate_kwargs.get("use_cache", True)):
+            start, ids, mask = prompt_prefix_first(prompt_input_ids, prompt_attention_mask,
+                                                   list(self.placeholder_ids.values()))
+            if start:
+                embeds = self.embed(ids, signals)  # (B, L, D); positions [0, start) are read from the cache
+                past = self.prefix_cache.past(self.llm, ids[0, :start], len(ids))
+                return self.llm.generate(inputs_embeds=embeds, attention_mask=mask, past_key_values=past,
+                                         **generate_kwargs)
         embeds = self.embed(prompt_input_ids, signals)
         return self.llm.generate(inputs_embeds=embeds, attention_mask=prompt_attention_mask, **generate_kwargs)

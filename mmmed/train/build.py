@@ -18,6 +18,8 @@ from mmmed.eval.evaluation import Evaluator
 from mmmed.model.generation import GenerationSettings
 from mmmed.model.multimodal_lm import MultimodalLM
 from mmmed.train.preflight import check_plugin_settings, check_stage_and_llm, run_checks
+from mmmed.model.attention import attention_kernel
+from mmmed.train.speed import device_type, intra_op_threads, pad_multiple
 from mmmed.model.prompts import ChatFormatter
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,16 @@ def build_run(cfg: DictConfig) -> Run:
     log.info("LLM: %s; stage %s", cfg.model.llm._target_, stage.name)
     # QLoRA possible, fp32 LLM for stage=full, each modality's own settings: before minutes of loading
     run_checks(cfg, (check_stage_and_llm, check_plugin_settings))
+    device = device_type(cfg.trainer.accelerator)
+    attention = attention_kernel(cfg.speed.attention, device)
+    pad_to = pad_multiple(cfg.speed.pad_to_multiple_of, device)
+    threads = intra_op_threads(cfg.speed.threads, cfg.data.num_workers)
+    torch.set_num_threads(threads)
+    log.info("Speed on %s: %s attention, padding to a multiple of %d, %d intra-op threads, prefix cache %s, "
+             "torch.compile %s", device, attention, pad_to, threads, "on" if cfg.speed.prefix_cache else "off",
+             "on" if cfg.speed.compile else "off")
     llm: LoadedLLM = instantiate(cfg.model.llm, **({"quantize_4bit": True} if lora and lora.quantize_4bit else {}))
+    llm.model.set_attn_implementation(attention)
     if cfg.model.get("gradient_checkpointing"):
         # Non-reentrant: reentrant checkpointing drops the gradients of everything below a block
         # whose inputs need none (a frozen encoder's features into a checkpointed adapter, LoRA on
@@ -52,12 +63,14 @@ def build_run(cfg: DictConfig) -> Run:
     plugins = build_plugins(cfg.modalities)
     for name, plugin in plugins.items():
         log.info("Modality %s: encoder %s", name, plugin.net["_target_"])
-    datamodule: MultimodalDataModule = instantiate(cfg.data, seed=cfg.seed)
+    datamodule: MultimodalDataModule = instantiate(cfg.data, seed=cfg.seed, pad_to_multiple_of=pad_to)
     log.info("Adapter: %s", cfg.adapter._target_)
     assembled = assemble_model(llm.model, llm.tokenizer, plugins, instantiate(cfg.adapter), system_prompt=cfg.prompt.system,
                                max_length=datamodule.max_length, train_llm=stage.train_llm,
                                train_encoder=stage.train_encoder)
     model, formatter = assembled.model, assembled.formatter
+    model.use_prefix_cache(cfg.speed.prefix_cache)
+    model.compile_llm(cfg.speed.compile)
     datamodule.attach_formatter(formatter)
     module = MultimodalLitModule(
         model=model,
@@ -91,6 +104,7 @@ def build_evaluator(formatter: ChatFormatter, datamodule: MultimodalDataModule, 
         evaluation.radgraph_weights,
         answer_parts={part: dict(classes) for part, classes in datamodule.answer_parts.items()},
         reasoning=reasoning,
+        answer_values=dict(datamodule.answer_values),
     )
 
 

@@ -33,6 +33,10 @@ class MultimodalDataModule(L.LightningDataModule):
         report_metrics: ``text`` (BLEU, ROUGE-L) or ``radiology`` (also CheXbert/RadGraph F1) when answers
             are free-text reports, else None.
         seed: seeds the training order and per-item augmentation (with the epoch).
+        answer_values: value name -> regular expression reading a number an answer states (its first group), scored
+            by mean absolute error (e.g. the heart rate in the demo's reports), else empty.
+        pad_to_multiple_of: round each batch's length up to this (``build_run`` passes ``speed.pad_to_multiple_of``:
+            8 on a GPU for tensor cores, 1 on CPU).
     """
 
     def __init__(
@@ -51,8 +55,11 @@ class MultimodalDataModule(L.LightningDataModule):
         report_metrics: str | None,
         seed: int,
         answer_parts: dict[str, dict[str, str]] | None = None,
+        pad_to_multiple_of: int = 8,
+        answer_values: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
+        self.pad_to_multiple_of = pad_to_multiple_of
         self.root = root
         self.dataset_factory = dataset
         self.split_kwargs = {name: dict(kwargs) for name, kwargs in splits.items()}
@@ -69,6 +76,7 @@ class MultimodalDataModule(L.LightningDataModule):
                                  f"config (\"yes\": ..., not yes: ...)")
         self.answer_classes = answer_classes
         self.answer_parts = dict(answer_parts or {})
+        self.answer_values = dict(answer_values or {})
         self.max_new_tokens = max_new_tokens
         if report_metrics not in (None, "text", "radiology"):
             raise ValueError(f"data.report_metrics must be null, text or radiology, not {report_metrics!r}")
@@ -138,7 +146,8 @@ class MultimodalDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool, batch_size: int, generation_inputs: bool) -> DataLoader:
         if self.formatter is None:
             raise RuntimeError("attach_formatter() must be called before the data loaders are built")
-        collate = MultimodalCollator(self.formatter, generation_inputs=generation_inputs)
+        collate = MultimodalCollator(self.formatter, generation_inputs=generation_inputs,
+                                     pad_to_multiple_of=self.pad_to_multiple_of)
         # Its own generator: creating an iterator draws a worker base seed, which must not consume the
         # global RNG that dropout uses (a resumed run would otherwise drift from an uninterrupted one).
         generator = torch.Generator().manual_seed(self.seed)

@@ -25,6 +25,7 @@ def quick(demo_root: Path, *extra: str) -> list[str]:
         "model=tiny",
         f"data.root={demo_root}",
         "data.prepare.num_patients=30",
+        "data.prepare.heldout_patients=0",
         "data.prepare.records_per_patient=1",
         f"trainer.max_steps={STEPS}",
         "trainer.val_check_interval=2",

@@ -195,6 +195,17 @@ def test_plan_is_deterministic():
     assert [job["ecg_ids"] for job in multi] == [[1, 2, 3], [4, 5, 6], [7, 8, 9], [10, 11, 12]]
 
 
+def test_held_out_patients_fill_folds_9_and_10_balanced_by_rhythm():
+    plan = _plan(48, 1, 0, heldout_patients=30)
+    folds = pd.Series([job["fold"] for job in plan])
+    assert folds.value_counts().to_dict() == {**{fold: 6 for fold in range(1, 9)}, 9: 30, 10: 30}
+    held = pd.DataFrame([job for job in plan if job["fold"] >= 9])
+    assert held.groupby(["fold", "rhythm"]).size().to_dict() == {(fold, code): 10 for fold in (9, 10) for code in RHYTHMS}
+    assert [job["patient_id"] for job in plan] == list(range(10000, 10108))  # one record per patient, disjoint
+    assert [job["ecg_ids"] for job in plan] == [[k] for k in range(1, 109)]
+    assert _plan(48, 1, 0, heldout_patients=0) == _plan(48, 1, 0)  # 0: PTB-XL's ten equal folds, as before
+
+
 def test_several_records_per_patient_are_consecutive_slices(tmp_path):
     # 1 patient x 2 records, in-process: record k of a patient is the k-th 10 s of one recording.
     root = ensure_demo_ptbxl(tmp_path / "multi", num_patients=1, records_per_patient=2, seed=5, workers=1)

@@ -133,3 +133,20 @@ def test_asked_for_reasoning_the_answer_is_the_text_after_answer_and_an_unparsed
     plain = Evaluator(formatter, classes, GREEDY, None, None, BOOTSTRAP, 5, None, None)  # not asked: read as written
     assert [r["predicted_label"] for r in plain.answer_rows(batch, ["Yes.", "no", "Yes. The rate is 82 bpm."])] == \
         ["YES", "NO", "YES"]
+
+
+def test_a_stated_value_is_scored_by_its_absolute_error_and_a_missing_one_is_counted(tiny_llm):
+    formatter = ChatFormatter(tiny_llm.tokenizer, [Modality("ecg", 4)], "Be brief.", max_length=96)
+    scorer = Evaluator(formatter, {}, GREEDY, None, None, BOOTSTRAP, 5, None, None,
+                       answer_values={"heart_rate": r"(\d+(?:\.\d+)?) ?bpm"})
+    pairs = [("Sinus tachycardia at 121 bpm.", "Sinus tachycardia at 124 bpm."),  # 3 off
+             ("Sinus rhythm at 70bpm.", "Sinus rhythm at 62.5 bpm."),              # 7.5 off
+             ("Sinus rhythm.", "Sinus rhythm at 80 bpm."),                          # no rate stated: missing
+             ("Sinus rhythm at 90 bpm.", "Normal ECG.")]                            # no reference rate: not scored
+    rows = [{"id": f"r{i}", "question": "q", "reference": ref, "answer": ans, "reference_label": None,
+             "predicted_label": None} for i, (ans, ref) in enumerate(pairs)]
+    summary = scorer.summarize(rows)
+    assert summary["values"] == {"heart_rate": {"mae": (3 + 7.5) / 2, "num_scored": 3, "missing": 1}}
+    assert scalar_metrics(summary)["heart_rate_mae"] == 5.25
+    with pytest.raises(ValueError, match="answer_values"):  # a pattern without a group reads no number
+        Evaluator(formatter, {}, GREEDY, None, None, BOOTSTRAP, 5, None, None, answer_values={"hr": r"\d+ bpm"})

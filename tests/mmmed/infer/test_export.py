@@ -55,7 +55,8 @@ FAST = ["trainer.val_check_interval=2", "trainer.limit_val_batches=1", "trainer.
 
 
 def quick(demo_root: Path, *extra: str) -> list[str]:
-    return [f"data.root={demo_root}", "data.prepare.num_patients=30", "data.prepare.records_per_patient=1", *FAST, *extra]
+    return [f"data.root={demo_root}", "data.prepare.num_patients=30", "data.prepare.records_per_patient=1",
+            "data.prepare.heldout_patients=0", *FAST, *extra]
 
 
 def quick_xray(root: Path, *extra: str) -> list[str]:

@@ -144,6 +144,7 @@ def overrides(demo_root: Path, *extra: str) -> list[str]:
     return [
         f"data.root={demo_root}",
         "data.prepare.num_patients=30",
+        "data.prepare.heldout_patients=0",
         "data.prepare.records_per_patient=1",
         "model=tiny",
         "adapter=perceiver",
