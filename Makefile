@@ -32,6 +32,7 @@ test: install
 	$(PY) -m pytest
 
 bench: install
+	$(PY) bench/compare.py
 	$(PY) bench/train_throughput.py
 	$(PY) bench/xray_decode.py
 	$(PY) bench/ecg_loading.py
