@@ -220,7 +220,8 @@ def scalar_metrics(summary: dict) -> dict[str, float]:
     if "auroc" in summary:
         scalars["macro_auroc"] = float(summary["auroc"]["macro_auroc"])
     for name, scores in summary.get("values", {}).items():
-        scalars[f"{name}_mae"] = float(scores["mae"])
+        if math.isfinite(scores["mae"]):  # no answer stated a value: nothing to chart (summary keeps the counts)
+            scalars[f"{name}_mae"] = float(scores["mae"])
     for key, value in summary.get("report", {}).items():
         if isinstance(value, (int, float)) and key != "count":
             scalars[key] = float(value)
