@@ -99,7 +99,7 @@ class Runs:
     def __init__(self, workdir: Path, demo: Path, max_steps: int) -> None:
         self.workdir, self.max_steps = workdir, max_steps
         self.base = [
-            "model=tiny", "logger=csv", f"data.root={demo}", "data.prepare.num_patients=30",
+            "model=tiny", "logger=csv", f"data.root={demo}", "data.prepare.num_patients=30", "data.prepare.heldout_patients=0",
             "data.prepare.records_per_patient=1", f"trainer.max_steps={max_steps}", "trainer.limit_val_batches=0",
             "test_after_fit=false", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
             "~callbacks.progress_bar",
