@@ -20,6 +20,18 @@ def loss_and_grads(model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def assert_same_loss_and_grads(model, reference, batch) -> None:
+    """``model`` gives ``reference``'s loss and gradients on ``batch``. Float32, the same sums in another order
+    (a prefix's projections for one row instead of inside the batch, or another attention kernel): measured
+    differences ~1e-7, bound with margin."""
+    expected, expected_grads = loss_and_grads(reference, batch)
+    loss, grads = loss_and_grads(model, batch)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == expected_grads.keys() and len(grads) > 0
+    for name in grads:
+        torch.testing.assert_close(grads[name], expected_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
 def opening_length(formatter) -> int:
     """Tokens of the chat template's system turn and the user turn's opening, by the tokenizer alone."""
     text = formatter.tokenizer.apply_chat_template([{"role": "system", "content": "Be brief."},
@@ -37,14 +49,7 @@ def test_the_cache_gives_the_loss_and_gradients_of_the_whole_forward_over_traini
     optimizers = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2) for m in (whole, cached)]
     for step in range(3):  # the adapter and encoder change between steps; the cached prefix stays right
         batch = collate(items(5, seed=step))  # questions with the tag first and with text before it
-        expected, expected_grads = loss_and_grads(whole, batch)
-        loss, grads = loss_and_grads(cached, batch)
-        # Float32: the prefix's projections computed for one row instead of inside the batch; measured differences
-        # ~1e-7, bound with margin.
-        torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
-        assert grads.keys() == expected_grads.keys() and len(grads) > 0
-        for name in grads:
-            torch.testing.assert_close(grads[name], expected_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+        assert_same_loss_and_grads(cached, whole, batch)
         for optimizer in optimizers:
             optimizer.step()
     # One entry, for the prompt's shared opening (the two question styles differ right after it).
