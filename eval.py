@@ -24,6 +24,8 @@ from mmmed.eval.evaluation import json_safe, scalar_metrics
 from mmmed.infer.inference import MultimodalPredictor, load
 from mmmed.eval.metrics import CROP_SEPARATOR
 from mmmed.eval.rationale import AskingForReasoning, shown_answer
+from mmmed.knowledge.bm25_index import KnowledgeIndex
+from mmmed.reasoning.report import MODES as REASONING_MODES, format_table, run_reasoning_eval, split_questions
 from mmmed.train.preflight import check_eval_config
 
 log = logging.getLogger("mmmed.eval")
@@ -55,13 +57,15 @@ def evaluate(cfg: DictConfig, predictor: MultimodalPredictor | None = None) -> d
     data_cfg = data_config(cfg, predictor)
     if cfg.split not in data_cfg.splits:
         raise ValueError(f"the data config has no {cfg.split!r} split (it has {sorted(data_cfg.splits)})")
+    if cfg.reasoning != "none":
+        return evaluate_reasoning(cfg, predictor, data_cfg)
     datamodule: MultimodalDataModule = instantiate(data_cfg, seed=cfg.seed)
     datamodule.split_kwargs = {cfg.split: datamodule.split_kwargs[cfg.split]}  # build only the split scored
     datamodule.normalization = predictor.config["normalization"]  # the training split's, never this split's
     datamodule.attach_formatter(predictor.formatter)
     datamodule.prepare_data()
     datamodule.setup("test")
-    reasoning = predictor.asks_for_reasoning(cfg.reasoning)
+    reasoning = predictor.asks_for_reasoning(cfg.rationale)
     if reasoning:  # a self-trained model: questions ask for its rationale, the answer is read after "Answer:"
         datamodule.splits[cfg.split] = AskingForReasoning(datamodule.splits[cfg.split], predictor.reasoning["instruction"])
         datamodule.max_new_tokens = predictor.reasoning["max_new_tokens"]
@@ -98,6 +102,33 @@ def evaluate(cfg: DictConfig, predictor: MultimodalPredictor | None = None) -> d
     with (out_dir / "generations.jsonl").open("w") as handle:
         handle.writelines(json.dumps(row) + "\n" for row in rows)
     _log_to_loggers(cfg, summary, rows)
+    return report
+
+
+def evaluate_reasoning(cfg: DictConfig, predictor: MultimodalPredictor, data_cfg: DictConfig) -> dict:
+    """``reasoning=sample | uncertainty_search``: the rows of mmmed/reasoning/measure.py on ``cfg.split``
+    (the threshold calibrated on ``val``); writes reasoning.json and reasoning.png, returns the report."""
+    if cfg.reasoning not in REASONING_MODES:
+        raise ValueError(f"reasoning must be one of {REASONING_MODES}, not {cfg.reasoning!r}")
+    calibrating = cfg.reasoning == "uncertainty_search" and cfg.search.threshold == "calibrate"
+    if calibrating and cfg.split == "val":
+        raise ValueError("search.threshold=calibrate chooses the threshold on the validation split: score split=test, "
+                         "or give search.threshold=<bits> to score val")
+    if cfg.reasoning == "uncertainty_search":
+        KnowledgeIndex.load(cfg.search.index)  # a missing or corrupt index fails before any answer is sampled
+    datamodule: MultimodalDataModule = instantiate(data_cfg, seed=cfg.seed)
+    wanted = [cfg.split] + (["val"] if calibrating else [])
+    datamodule.split_kwargs = {name: datamodule.split_kwargs[name] for name in wanted}
+    datamodule.normalization = predictor.config["normalization"]  # the training split's
+    datamodule.attach_formatter(predictor.formatter)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    test = split_questions(datamodule.splits[cfg.split], cfg.split)
+    val = split_questions(datamodule.splits["val"], "val") if calibrating else None
+    report = run_reasoning_eval(cfg.reasoning, OmegaConf.to_container(cfg.search, resolve=True), predictor, test, val,
+                                predictor.config["answer_classes"], datamodule.max_new_tokens,
+                                Path(cfg.paths.output_dir))
+    report["ckpt"], report["split"] = str(cfg.ckpt), cfg.split
     return report
 
 
@@ -141,6 +172,10 @@ def main(cfg: DictConfig) -> float | None:
 
         if wandb.run is not None:
             wandb.finish()
+    if cfg.reasoning != "none":
+        print(format_table(report))
+        print(f"\nreasoning    {Path(cfg.paths.output_dir) / 'reasoning.json'} (and reasoning.png)")
+        return report["rows"]["sample" if cfg.reasoning == "sample" else "uncertainty"]["accuracy"]
     metrics = report["metrics"]
     for key, value in scalar_metrics(metrics).items():
         print(f"{cfg.split}/{key:<14} {value:.4f}")

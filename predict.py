@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from mmmed.eval.rationale import shown_answer
 from mmmed.model.generation import GenerationSettings
 from mmmed.infer.inference import RECORD_SEPARATOR, MultimodalPredictor, load
+from mmmed.reasoning.api import reason
 from mmmed.train.preflight import check_predict_config
 
 log = logging.getLogger("mmmed.predict")
@@ -55,7 +56,7 @@ def predict(cfg: DictConfig, predictor: MultimodalPredictor | None = None) -> li
         raise ValueError("give exactly one of input=<file> or manifest=<csv>")
     predictor = predictor or load(cfg.ckpt, cfg.device, cfg.llm_cache_dir, cfg.trust_remote_code,
                                   tuple(cfg.trusted_modules))
-    reasoning = predictor.asks_for_reasoning(cfg.reasoning)
+    reasoning = predictor.asks_for_reasoning(cfg.rationale)
     generation = OmegaConf.to_container(cfg.generation, resolve=True)
     budget = predictor.reasoning["max_new_tokens"] if reasoning else predictor.config["max_new_tokens"]
     generation["max_new_tokens"] = generation["max_new_tokens"] or budget
@@ -68,9 +69,15 @@ def predict(cfg: DictConfig, predictor: MultimodalPredictor | None = None) -> li
             raise ValueError("this model was trained on questions from a file: pass question=\"...\" (tags optional)")
         options = list(cfg.options) if cfg.options else None
         rows = [{"input": str(cfg.input), "question": question, "options": options, "reference": cfg.reference}]
-    results = predictor.predict_files([r["question"] for r in rows], [r["input"] for r in rows], settings,
-                                      [r["options"] for r in rows], cfg.batch_size, cfg.option_batch_size,
-                                      reasoning=reasoning)
+    if cfg.reasoning == "none":
+        results = predictor.predict_files([r["question"] for r in rows], [r["input"] for r in rows], settings,
+                                          [r["options"] for r in rows], cfg.batch_size, cfg.option_batch_size,
+                                          reasoning=reasoning)
+    else:  # sampled answers and, when they disagree, retrieval (mmmed/reasoning/api.py)
+        if reasoning or any(r["options"] for r in rows):
+            raise ValueError(f"reasoning={cfg.reasoning} answers the plain question: set rationale=false and give no options")
+        results = reason(predictor, [r["question"] for r in rows], [r["input"] for r in rows], cfg.reasoning,
+                         OmegaConf.to_container(cfg.search, resolve=True))
     output = Path(cfg.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     written = []
@@ -102,6 +109,14 @@ def main(cfg: DictConfig) -> None:
             print(f"  R: {record['reasoning'] or '(the completion does not parse: ' + repr(record['completion']) + ')'}")
         for sample in record.get("samples", []):
             print(f"     sample: {sample}")
+        if "entropies" in record:
+            print(f"     entropy per round (bits): {', '.join(f'{e:.2f}' for e in record['entropies'])}; "
+                  f"retrieval rounds: {record['rounds']}")
+        for query in [q for round_queries in record.get("queries", []) for q in round_queries]:
+            print(f"     query: {query!r}")
+        for n, passage in enumerate(record.get("passages", []), start=1):
+            heading = f" ({passage['heading']})" if passage["heading"] else ""
+            print(f"     [{n}] {passage['title']}{heading} - {passage['source']} [{passage['id']}, {passage['licence']}]")
         for option, score in record.get("options", {}).items():
             print(f"     option {option!r}: p={score['prob']:.3f} (log-likelihood {score['logprob']:.2f})")
     print(f"\npredictions  {cfg.output}")

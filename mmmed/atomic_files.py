@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import fcntl
 import glob
+import hashlib
 import logging
 import os
 import shutil
@@ -36,6 +37,15 @@ from typing import IO, Callable, Iterator
 log = logging.getLogger(__name__)
 
 _UMASK_LOCK = threading.Lock()  # os.umask is process-global: never let two threads swap it at once
+
+
+def file_sha256(path: str | os.PathLike, piece_bytes: int = 16 * 2**20) -> str:
+    """Hex sha256 of a file's bytes, read ``piece_bytes`` at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for piece in iter(lambda: handle.read(piece_bytes), b""):
+            digest.update(piece)
+    return digest.hexdigest()
 
 
 def current_umask() -> int:

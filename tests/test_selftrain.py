@@ -159,7 +159,7 @@ def test_eval_and_predict_ask_the_self_trained_model_for_its_reasoning(reference
     rows = [json.loads(line) for line in (tmp_path / "eval" / "generations.jsonl").read_text().splitlines()]
     instruction = report["settings"]["instruction"]
     assert all(row["question"].endswith("\n" + instruction) and "completion" in row for row in rows)
-    plain = eval_script.evaluate(compose_app("eval", [f"ckpt={out}", "logger=csv", "num_pictures=0", "reasoning=false",
+    plain = eval_script.evaluate(compose_app("eval", [f"ckpt={out}", "logger=csv", "num_pictures=0", "rationale=false",
                                                       cache], tmp_path / "plain", resolve=False))
     assert plain["asked_for_reasoning"] is False
 

@@ -123,9 +123,9 @@ class MultimodalPredictor:
     def asks_for_reasoning(self, setting: str | bool) -> bool:
         """Whether to ask for a rationale: ``auto`` (when self-trained), ``true`` (refused unless self-trained), ``false``."""
         if setting not in ("auto", True, False):
-            raise ValueError(f"reasoning must be auto, true or false, not {setting!r}")
+            raise ValueError(f"rationale must be auto, true or false, not {setting!r}")
         if setting is True and self.reasoning is None:
-            raise ValueError("reasoning=true: this model was not self-trained (selftrain.py), it has no reasoning instruction")
+            raise ValueError("rationale=true: this model was not self-trained (selftrain.py), it has no reasoning instruction")
         return self.reasoning is not None if setting == "auto" else setting
 
     def prompt_batch(self, questions: list[str], signals: list[dict[str, list[Signal]]]) -> dict[str, Any]:

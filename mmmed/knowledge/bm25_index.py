@@ -12,28 +12,21 @@ naming the file, never a search that silently returns the wrong passages.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import bm25s
 
 from mmmed.knowledge.documents import Chunk
+from mmmed.knowledge.index_folder import KnowledgeIndexError, read_index_manifest, write_index_folder
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 CHUNKS = "chunks.jsonl"
 BM25_DIR = "bm25"
-
-
-class KnowledgeIndexError(RuntimeError):
-    """A knowledge index that is missing, incomplete or corrupt; the message names the path."""
 
 
 @dataclass(frozen=True)
@@ -77,45 +70,20 @@ class KnowledgeIndex:
 
     def save(self, out: str | Path) -> Path:
         """Write the index to ``out`` (replacing an index there): built beside it, then renamed into place."""
-        out = Path(out)
-        staging = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        with (staging / CHUNKS).open("w", encoding="utf-8") as handle:
-            for chunk in self.chunks:
-                handle.write(json.dumps(chunk.to_json(), ensure_ascii=False) + "\n")
-        self.retriever.save(str(staging / BM25_DIR), show_progress=False)
-        files = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
-        manifest = {"format": FORMAT_VERSION, "num_chunks": len(self.chunks), "settings": self.settings,
-                    "sha256": {name: _sha256(staging / name) for name in files}}
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-        return out
+        def write(folder: Path) -> None:
+            with (folder / CHUNKS).open("w", encoding="utf-8") as handle:
+                handle.writelines(json.dumps(c.to_json(), ensure_ascii=False) + "\n" for c in self.chunks)
+            self.retriever.save(str(folder / BM25_DIR), show_progress=False)
+
+        return write_index_folder(out, write, {"format": FORMAT_VERSION, "num_chunks": len(self.chunks),
+                                               "settings": self.settings})
 
     @classmethod
     def load(cls, path: str | Path, mmap: bool = True) -> "KnowledgeIndex":
         """Read an index written by ``save``; every file is checked against the manifest first."""
         path = Path(path)
-        if not path.is_dir():
-            raise KnowledgeIndexError(f"{path}: no knowledge index there (build one: python -m mmmed.knowledge "
-                                      f"build source=<folder> out={path})")
-        manifest_path = path / MANIFEST
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except FileNotFoundError as err:
-            raise KnowledgeIndexError(f"{manifest_path}: missing; {path} is not a complete knowledge index") from err
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise KnowledgeIndexError(f"{manifest_path}: corrupt ({err})") from err
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION:
-            raise KnowledgeIndexError(f"{manifest_path}: not a format-{FORMAT_VERSION} knowledge index manifest")
-        for name, expected in manifest["sha256"].items():
-            file = path / name
-            if not file.is_file():
-                raise KnowledgeIndexError(f"{file}: missing from the knowledge index")
-            if _sha256(file) != expected:
-                raise KnowledgeIndexError(f"{file}: corrupt (its sha256 differs from {manifest_path}'s)")
+        manifest = read_index_manifest(path, "knowledge index", FORMAT_VERSION,
+                                       f"python -m mmmed.knowledge build source=<folder> out={path}")
         chunks = [Chunk(**json.loads(line)) for line in (path / CHUNKS).read_text(encoding="utf-8").splitlines()]
         retriever = bm25s.BM25.load(str(path / BM25_DIR), mmap=mmap, show_progress=False)
         if len(chunks) != manifest["num_chunks"]:
@@ -126,11 +94,3 @@ class KnowledgeIndex:
 def _tokenize(texts: list[str], stopwords: str) -> list[list[str]]:
     """Lower-cased word tokens of two or more characters, stop words removed (bm25s's tokenizer, no stemming)."""
     return bm25s.tokenize(texts, lower=True, stopwords=stopwords, return_ids=False, show_progress=False)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

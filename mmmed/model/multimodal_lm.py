@@ -196,6 +196,10 @@ class MultimodalLM(nn.Module):
             for module, training in modes:
                 module.training = training
 
+    def modality_tokens(self, name: str, signal: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+        """The LLM-space tokens a modality's signals become (what the prompt's placeholders receive). (M, N, D)"""
+        return self._tokens(name, signal)
+
     def _tokens(self, name: str, signal: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
         """A modality's signals through its encoder and adapter. (M, N, D)"""
         # An encoder taking several inputs (an ECG and its lead mask) gets them as keywords.

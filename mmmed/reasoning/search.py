@@ -53,6 +53,7 @@ class SearchSettings:
     trigger: str = "uncertainty"
     random_rate: float = 0.0  # trigger=random: the share of questions that retrieve
     seed: int = 0
+    cases_k: int = 0  # similar training cases added per retrieval round (needs a case lookup; placebo adds none)
 
     def __post_init__(self) -> None:
         if self.trigger not in TRIGGERS:
@@ -86,7 +87,7 @@ class SearchResult:
 
     def to_json(self) -> dict:
         return {"answer": self.answer, "completion": self.completion, "answer_key": self.key, "rounds": self.rounds,
-                "entropies": [round(e, 6) for e in self.entropies], "majorities": self.majorities,
+                "entropies": list(self.entropies), "majorities": self.majorities,
                 "queries": self.queries, "passages": self.passages, "samples": self.samples,
                 "seconds": round(self.seconds, 4)}
 
@@ -103,8 +104,13 @@ def with_context(question: str, passages: Sequence[Passage]) -> str:
 class UncertaintyGuidedSearch:
     """The loop over a batch of questions; ``sample`` draws the model's answers, ``index`` holds the knowledge."""
 
-    def __init__(self, sample: SampleFn, index: KnowledgeIndex, answer_key: AnswerKey, settings: SearchSettings,
-                 write_queries: Callable[[list[str], list], list[list[str]]] | None = None):
+    def __init__(self, sample: SampleFn, index: KnowledgeIndex | None, answer_key: AnswerKey, settings: SearchSettings,
+                 write_queries: Callable[[list[str], list], list[list[str]]] | None = None,
+                 case_lookup: Callable[[object, int], list[Passage]] | None = None):
+        if settings.cases_k and case_lookup is None:
+            raise ValueError("cases_k > 0 needs a case index (search.cases)")
+        if index is None and settings.trigger != "never":
+            raise ValueError(f"trigger={settings.trigger} retrieves: it needs a knowledge index")
         if settings.queries == "model" and write_queries is None:
             raise ValueError("queries=model needs a query writer (the model, asked with QUERY_INSTRUCTION)")
         self.sample = sample
@@ -112,6 +118,7 @@ class UncertaintyGuidedSearch:
         self.key = answer_key
         self.settings = settings
         self.write_queries = write_queries
+        self.case_lookup = case_lookup
         self.rng = random.Random(settings.seed)
 
     def run(self, questions: list[str], records: list) -> list[SearchResult]:
@@ -140,8 +147,11 @@ class UncertaintyGuidedSearch:
                                     [results[i].samples for i in still])
             for i, query_list in zip(still, queries):
                 results[i].queries.append(query_list)
+                found = self._retrieve(query_list)
+                if s.cases_k and s.trigger != "placebo":  # the record's nearest training cases, by embedding
+                    found += self.case_lookup(records[i], s.cases_k)
                 held = {p.chunk.chunk_id for p in passages[i]}  # earlier rounds' passages stay in the prompt
-                passages[i] = passages[i] + [p for p in self._retrieve(query_list) if p.chunk.chunk_id not in held]
+                passages[i] = passages[i] + [p for p in found if p.chunk.chunk_id not in held]
                 results[i].rounds += 1
             active = still
         elapsed = (time.perf_counter() - start) / max(len(questions), 1)

@@ -22,7 +22,6 @@ it was, and raises :class:`CheckpointSaveError` naming the checkpoint to resume 
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.types import _PATH
 
-from mmmed.atomic_files import fsync_dir
+from mmmed.atomic_files import file_sha256, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +61,6 @@ def _temp_path(path: Path) -> Path:
     folder = path.parent if path.parent.name == CHECKSUM_DIR else path.parent / CHECKSUM_DIR
     folder.mkdir(parents=True, exist_ok=True)
     return folder / f"{path.name}.tmp-{os.getpid()}"
-
-
-def file_sha256(path: _PATH) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for piece in iter(lambda: handle.read(CHUNK_BYTES), b""):
-            digest.update(piece)
-    return digest.hexdigest()
 
 
 def listed_digests(path: _PATH) -> list[str] | None:
