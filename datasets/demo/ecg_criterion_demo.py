@@ -20,6 +20,12 @@ Validation and test questions (folds 9 and 10, records no training question uses
   only in the cards, so without retrieval the model has to guess the criterion;
 * *stated*: as in training, with new thresholds: answerable without retrieval.
 
+Answers are worked rationales (``mmmed/eval/rationale.py``'s format): *"Reasoning: The heart rate is 82 bpm; study
+criterion 37 is a heart rate above 87 bpm, which 82 does not meet.\nAnswer: No."*. Stating the reading and the
+criterion before the answer is what lets a 135M model compare them (the threshold demo: answer-only 0.76,
+rationales 0.90), and it shows which criterion the model used: asked about a held-out condition with no passage,
+it has to invent one, and its samples disagree.
+
 Criteria and thresholds: each threshold lies ``min_gap``..``max_gap`` bpm from the record's rate, and a held-out
 condition is asked about a record only when the rate is at least ``min_gap`` bpm from the condition's bounds (no
 answer hangs on one beat); yes and no alternate within each split and kind, so each holds as many of each (+-1).
@@ -42,13 +48,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mmmed.eval.rationale import format_rationale
 from mmmed_datasets.demo.demo_folder import build_once
 from mmmed_datasets.demo.ecg_demo import ensure_demo_ptbxl
 from mmmed_datasets.demo.ecg_threshold_demo import RATE_QUESTION, SPLIT_OF_FOLD
 
 log = logging.getLogger(__name__)
 
-VERSION = 2  # 2: every criterion bound within PLAUSIBLE_BPM
+VERSION = 3  # 2: every criterion bound within PLAUSIBLE_BPM; 3: answers are worked rationales
 PLAUSIBLE_BPM = (25, 220)  # criterion bounds a clinician could write
 MANIFEST = "records.jsonl"
 # The held-out conditions: card title as asked -> (lowest rate that meets it, highest), in bpm, as the card states
@@ -189,13 +196,23 @@ def plan_questions(rates: dict[str, float], splits: dict[str, str], train_per_re
     return questions
 
 
+def rationale(rate: float, kind: str, threshold, name: str | None) -> str:
+    """The worked answer: the reading, the criterion (named when it has a name), the comparison, the answer."""
+    reading, yes = round(rate), meets(rate, kind, threshold)
+    criterion = CRITERION_TEXT[kind].format(t=threshold)
+    subject = f"{name} is {criterion}" if name else f"the criterion is {criterion}"
+    return format_rationale(f"The heart rate is {reading} bpm; {subject}, which {reading} "
+                            f"{'meets' if yes else 'does not meet'}.", "Yes." if yes else "No.")
+
+
 def _row(record: str, split: str, kind_of_question: str, question: str, yes: bool, rate: float, kind: str,
          threshold, condition: str | None = None) -> dict:
     facts = {"heart_rate": rate}
     if meets(rate, kind, threshold) != yes:  # the plan's own check of every answer it writes
         raise AssertionError(f"{record}: {question!r} planned as {yes} for a rate of {rate}")
+    name = condition or (question.rsplit("criteria for ", 1)[1].rstrip("?") if kind_of_question == "applied" else None)
     return {"record": record, "split": split, "kind": kind_of_question, "question": question,
-            "answer": "Yes." if yes else "No.", "label": "YES" if yes else "NO", "facts": facts}
+            "answer": rationale(rate, kind, threshold, name), "label": "YES" if yes else "NO", "facts": facts}
 
 
 def ensure_criterion_questions(root: str | os.PathLike, ptbxl: dict, train_questions_per_record: int, min_gap: int,

@@ -72,8 +72,9 @@ class SearchResult:
 
     answer: str  # the majority completion's final answer (text after "Answer:" when it gave a rationale)
     completion: str  # a completion of the last round that gave the majority answer
-    key: str  # the majority answer's key (its class, or its items)
-    rounds: int  # retrieval rounds run
+    reasoning: str | None = None  # that completion's rationale, when it wrote "Reasoning: ... Answer: ..."
+    key: str = ""  # the majority answer's key (its class, or its items)
+    rounds: int = 0  # retrieval rounds run
     entropies: list[float] = field(default_factory=list)  # per round, round 0 first
     majorities: list[str] = field(default_factory=list)  # the majority key per round
     queries: list[list[str]] = field(default_factory=list)  # per retrieval round
@@ -86,7 +87,8 @@ class SearchResult:
         return self.rounds > 0
 
     def to_json(self) -> dict:
-        return {"answer": self.answer, "completion": self.completion, "answer_key": self.key, "rounds": self.rounds,
+        return {"answer": self.answer, "completion": self.completion, "reasoning": self.reasoning,
+                "answer_key": self.key, "rounds": self.rounds,
                 "entropies": list(self.entropies), "majorities": self.majorities,
                 "queries": self.queries, "passages": self.passages, "samples": self.samples,
                 "seconds": round(self.seconds, 4)}
@@ -126,7 +128,7 @@ class UncertaintyGuidedSearch:
         s = self.settings
         start = time.perf_counter()
         chosen = self._random_choice(len(questions)) if s.trigger == "random" else None
-        results = [SearchResult("", "", "", 0) for _ in questions]
+        results = [SearchResult("", "") for _ in questions]
         passages: list[list[Passage]] = [[] for _ in questions]
         active = list(range(len(questions)))
         for round_no in range(s.max_rounds + 1):
@@ -161,6 +163,7 @@ class UncertaintyGuidedSearch:
             result.completion = next(c for c, k in zip(result.samples, keys) if k == result.key)
             parsed = parse_rationale(result.completion)
             result.answer = parsed.answer if parsed else result.completion
+            result.reasoning = parsed.reasoning if parsed else None
             result.passages = [p.citation() for p in passages[i]]
             result.seconds = elapsed  # the batch's time, shared equally: questions are sampled together
         return results

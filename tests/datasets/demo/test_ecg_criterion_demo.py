@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mmmed.eval.rationale import parse_rationale
 from mmmed.knowledge.documents import read_chunks
 from mmmed_datasets.demo.ecg_criterion_demo import (
     HELDOUT_CONDITIONS,
@@ -64,7 +65,9 @@ def test_every_answer_is_right_by_the_rate_and_no_bound_is_near_it():
             truth = stated_truth(q["question"], rate)
             text = q["question"].split("\n\n")[0]
             bounds = [int(x) for x in NUMBERS.search(text).groups() if x and x.isdigit()]
-        assert q["answer"] == ("Yes." if truth else "No.") and q["label"] == ("YES" if truth else "NO"), q
+        worked = parse_rationale(q["answer"])
+        assert worked.answer == ("Yes." if truth else "No.") and q["label"] == ("YES" if truth else "NO"), q
+        assert worked.reasoning.startswith(f"The heart rate is {round(rate)} bpm; ")  # the reading, then the criterion
         assert min(abs(rate - b) for b in bounds) >= 5, q
 
 
@@ -94,6 +97,17 @@ def test_the_cards_state_each_held_out_conditions_criterion():
     assert HELDOUT_CONDITIONS["sinus bradycardia"] == ("below", 60)
     assert HELDOUT_CONDITIONS["bradycardia as defined by the 2018 guideline"] == ("below", 50)
     assert HELDOUT_CONDITIONS["normal sinus rhythm"] == ("between", (60, 100))
+
+
+def test_a_worked_answer_names_the_criterion_it_applies():
+    from mmmed_datasets.demo.ecg_criterion_demo import rationale
+
+    assert rationale(118.4, "above", 100, "sinus tachycardia") == (
+        "Reasoning: The heart rate is 118 bpm; sinus tachycardia is a heart rate above 100 bpm, which 118 meets.\n"
+        "Answer: Yes.")
+    assert rationale(72.0, "between", (80, 95), None) == (
+        "Reasoning: The heart rate is 72 bpm; the criterion is a heart rate from 80 to 95 bpm inclusive, which 72 "
+        "does not meet.\nAnswer: No.")
 
 
 def test_the_folder_is_a_record_manifest_split_by_fold(tmp_path):
