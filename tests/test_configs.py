@@ -33,7 +33,8 @@ def test_every_modality_encoder_builds_and_emits_its_declared_tokens(compose, mo
 
 XRAY_DATA = {"mimic_cxr", "mimic_cxr_demo", "chexpert", "xray_manifest"}
 # record manifests (datasets/common/patient_records.py), with the modalities they read
-RECORD_DATA = {"patient_demo": "[ecg,xray]", "patient_manifest": "[ecg,xray]", "ecg_threshold_demo": "[ecg]"}
+RECORD_DATA = {"patient_demo": "[ecg,xray]", "patient_manifest": "[ecg,xray]", "ecg_threshold_demo": "[ecg]",
+               "ecg_criterion_demo": "[ecg]"}
 
 
 @pytest.mark.parametrize("data", names("data"))
