@@ -46,7 +46,9 @@ def criterion_run(tmp_path_factory) -> tuple[Path, Path, Path]:
 
 
 def run_eval(run: Path, out: Path, *overrides: str) -> dict:
-    cfg = compose_app("eval", [f"ckpt={run}", "logger=csv", "num_pictures=0", *overrides], out, resolve=True)
+    # 40 new tokens hold a worked answer (~35); the briefly trained model often runs on, and a full 64 costs minutes
+    cfg = compose_app("eval", [f"ckpt={run}", "logger=csv", "num_pictures=0", "search.max_new_tokens=40", *overrides],
+                      out, resolve=True)
     return eval_script.evaluate(cfg)
 
 
@@ -147,7 +149,8 @@ def test_the_case_index_holds_training_cases_only_and_finds_a_record_itself(crit
 
     # eval with cases: retrieval rounds carry cited cases next to the cards
     report = run_eval(run, tmp_path / "eval", "reasoning=uncertainty_search", f"search.index={index_dir}",
-                      f"search.cases={tmp_path / 'cases'}", "search.cases_k=1", "search.threshold=-1")
+                      f"search.cases={tmp_path / 'cases'}", "search.cases_k=1", "search.threshold=-1",
+                      "search.num_samples=2")
     answers = json.loads((tmp_path / "eval" / "reasoning.json").read_text())["answers"]
     for answer in answers:
         ids = [p["id"] for p in answer["uncertainty"]["passages"]]
