@@ -123,8 +123,6 @@ def test_the_cpu_attention_choice_keeps_the_loss_and_gradients(tiny_llm):
     """``auto`` picks eager on CPU for speed: it must compute what Hugging Face's default SDPA computes."""
     import copy
 
-    import torch
-
     from mmmed.model.collate import MultimodalCollator
     from tests.mmmed.model.test_multimodal_lm import items, make
     from tests.mmmed.model.test_prefix_cache import assert_same_loss_and_grads
