@@ -21,8 +21,8 @@ from pathlib import Path
 from mmmed.knowledge.bm25_index import KnowledgeIndex
 from mmmed.knowledge.cases import CaseIndex, case_passages, record_embeddings
 from mmmed.model.generation import GenerationSettings
-from mmmed.reasoning.sampling import allow_longer_prompts, sampled_answers
-from mmmed.reasoning.search import SearchSettings, UncertaintyGuidedSearch
+from mmmed.reasoning.sampling import allow_longer_prompts, model_queries, sampled_answers
+from mmmed.reasoning.search import QUERY_INSTRUCTION, SearchSettings, UncertaintyGuidedSearch
 from mmmed.reasoning.uncertainty import AnswerKey
 
 MODES = ("sample", "uncertainty_search")
@@ -55,8 +55,9 @@ def reason(predictor, questions: list[str], sources: list, mode: str, search: Ma
         settings = dataclasses.replace(settings, trigger="never")  # round 0 only: no index is read
     else:
         index = index or KnowledgeIndex.load(search["index"])
+    writer = model_queries(predictor, QUERY_INSTRUCTION, search["batch_size"]) if search["queries"] == "model" else None
     loop = UncertaintyGuidedSearch(sample, index, AnswerKey(predictor.config["answer_classes"]), settings,
-                                   case_lookup=case_lookup)
+                                   write_queries=writer, case_lookup=case_lookup)
     return [result.to_json() for result in loop.run(list(questions), records)]
 
 

@@ -51,7 +51,7 @@ def calibrate(first: list[list[str]], key: AnswerKey, target_rate: float) -> dic
 def measure(questions: Questions, greedy: Callable[[list[str], list], list[str]], sample: Callable, index,
             key: AnswerKey, settings: SearchSettings, first: list[list[str]], num_bootstrap: int,
             confidence: float, ece_bins: int, rows_wanted: tuple[str, ...] = ROWS,
-            case_lookup: Callable | None = None) -> dict:
+            case_lookup: Callable | None = None, write_queries: Callable | None = None) -> dict:
     """Every row of the table on ``questions``, from their round-0 samples ``first``; returns the report.
 
     ``greedy`` and ``sample`` take all questions at once (and batch them themselves), so that ``random_trigger``
@@ -79,6 +79,7 @@ def measure(questions: Questions, greedy: Callable[[list[str], list], list[str]]
         row_settings = dataclasses.replace(settings, trigger=TRIGGER_OF_ROW[row],
                                            random_rate=uncertainty_rate if row == "random_trigger" else 0.0)
         search = UncertaintyGuidedSearch(_replaying(sample, first, questions), index, key, row_settings,
+                                         write_queries=_on_records(write_queries, questions),
                                          case_lookup=case_lookup)  # records are question indices here
         start = time.perf_counter()
         results: list[SearchResult] = search.run(questions.questions, list(range(len(questions.questions))))
@@ -109,6 +110,13 @@ def _row(correct: list[bool], rate: float, rounds: float, seconds: float | None,
          confidence: float) -> dict:
     return {**accuracy_with_ci(correct, num_bootstrap, confidence, seed=0), "retrieval_rate": rate,
             "mean_rounds": rounds, "seconds_per_question": seconds}
+
+
+def _on_records(write_queries: Callable | None, questions: Questions) -> Callable | None:
+    """A query writer over question indices (the loop's records here) calling one over encoder inputs."""
+    if write_queries is None:
+        return None
+    return lambda texts, indices: write_queries(texts, [questions.records[i] for i in indices])
 
 
 def _replaying(sample: Callable, first: list[list[str]], questions: Questions) -> Callable:

@@ -16,8 +16,8 @@ from mmmed.knowledge.bm25_index import KnowledgeIndex
 from mmmed.knowledge.cases import CaseIndex, case_passages, record_embeddings
 from mmmed.model.generation import GenerationSettings
 from mmmed.reasoning.measure import ROWS, Questions, calibrate, measure
-from mmmed.reasoning.sampling import allow_longer_prompts, greedy_answers, sampled_answers
-from mmmed.reasoning.search import SearchSettings
+from mmmed.reasoning.sampling import allow_longer_prompts, greedy_answers, model_queries, sampled_answers
+from mmmed.reasoning.search import QUERY_INSTRUCTION, SearchSettings
 from mmmed.reasoning.uncertainty import AnswerKey
 
 log = logging.getLogger(__name__)
@@ -80,9 +80,11 @@ def run_reasoning_eval(mode: str, search_cfg: Mapping, predictor, test: Question
                               max_queries=search_cfg["max_queries"], top_k=search_cfg["top_k"],
                               queries=search_cfg["queries"], seed=search_cfg["seed"], cases_k=cases_k)
     first = sample(test.questions, test.records)
+    writer = model_queries(predictor, QUERY_INSTRUCTION, search_cfg["batch_size"]) if search_cfg["queries"] == "model" else None
     measured = measure(test, greedy, sample, index, key, settings, first, search_cfg["num_bootstrap"],
                        search_cfg["confidence"], search_cfg["ece_bins"],
-                       rows_wanted=("none", "sample") if mode == "sample" else ROWS, case_lookup=case_lookup)
+                       rows_wanted=("none", "sample") if mode == "sample" else ROWS, case_lookup=case_lookup,
+                       write_queries=writer)
     report.update(rows=measured["rows"], uncertainty=measured["uncertainty"])
     out_dir.mkdir(parents=True, exist_ok=True)
     answers = [{"id": i, "question": q, "label": y, **{row: per[n] for row, per in measured["per_question"].items()}}

@@ -44,3 +44,15 @@ def greedy_answers(predictor, batch_size: int) -> Callable:
         return out
 
     return greedy
+
+
+def model_queries(predictor, instruction: str, batch_size: int) -> Callable:
+    """``f(questions, records) -> [[query, ...] per question]``: the model's greedy answer to the question followed by
+    ``instruction`` on its own line, one query per line (``queries: model``)."""
+
+    def write(questions: list[str], records: list) -> list[list[str]]:
+        asked = [f"{question}\n{instruction}" for question in questions]
+        written = greedy_answers(predictor, batch_size)(asked, records)
+        return [[line.strip(" -*0123456789.").strip() for line in text.splitlines() if line.strip()] for text in written]
+
+    return write

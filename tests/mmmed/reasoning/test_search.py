@@ -106,3 +106,13 @@ def test_bad_settings_are_refused():
         settings(trigger="sometimes")
     with pytest.raises(ValueError, match="queries=model needs a query writer"):
         UncertaintyGuidedSearch(Scripted(), INDEX, AnswerKey(YES_NO), settings(queries="model"))
+
+
+def test_model_written_queries_are_capped_and_never_empty():
+    written = {QUESTIONS[0]: ["sinus tachycardia criteria", "rate above", "x", "y"], QUESTIONS[1]: []}
+    loop = UncertaintyGuidedSearch(Scripted(), INDEX, AnswerKey(YES_NO), settings(queries="model", max_queries=2,
+                                                                                   trigger="always"),
+                                   write_queries=lambda questions, records: [written[q] for q in questions])
+    first, second = loop.run(QUESTIONS, [{}, {}])
+    assert first.queries == [["sinus tachycardia criteria", "rate above"]]
+    assert second.queries == [[QUESTIONS[1]]]  # nothing written: the question itself is the query
