@@ -19,7 +19,6 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from mmmed.eval.rationale import shown_answer
-from mmmed.model.generation import GenerationSettings
 from mmmed.infer.inference import RECORD_SEPARATOR, MultimodalPredictor, load
 from mmmed.reasoning.api import reason
 from mmmed.train.preflight import check_predict_config
@@ -57,10 +56,7 @@ def predict(cfg: DictConfig, predictor: MultimodalPredictor | None = None) -> li
     predictor = predictor or load(cfg.ckpt, cfg.device, cfg.llm_cache_dir, cfg.trust_remote_code,
                                   tuple(cfg.trusted_modules))
     reasoning = predictor.asks_for_reasoning(cfg.rationale)
-    generation = OmegaConf.to_container(cfg.generation, resolve=True)
-    budget = predictor.reasoning["max_new_tokens"] if reasoning else predictor.config["max_new_tokens"]
-    generation["max_new_tokens"] = generation["max_new_tokens"] or budget
-    settings = GenerationSettings(**generation)
+    settings = predictor.generation_settings(OmegaConf.to_container(cfg.generation, resolve=True), reasoning)
     if cfg.manifest is not None:
         rows = read_manifest(Path(cfg.manifest))
     else:

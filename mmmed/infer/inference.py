@@ -199,6 +199,12 @@ class MultimodalPredictor:
             record.setdefault(name, []).append(self.plugins[name].read(path, (self.config.get("normalization") or {}).get(name))[0])
         return [record]
 
+    def generation_settings(self, generation: dict[str, Any], reasoning: bool) -> GenerationSettings:
+        """``generation`` (conf/predict.yaml's block) with ``max_new_tokens: null`` filled in from the training data's
+        budget, or from the self-training budget when asking for a rationale: what predict.py and serve.py use."""
+        budget = self.reasoning["max_new_tokens"] if reasoning else self.config["max_new_tokens"]
+        return GenerationSettings(**{**generation, "max_new_tokens": generation.get("max_new_tokens") or budget})
+
     def predict_files(self, questions: list[str], paths: list[str | Path], settings: GenerationSettings | None = None,
                       options: list[list[str] | None] | None = None, batch_size: int = 16,
                       option_batch_size: int = 32, reasoning: bool = False) -> list[dict[str, Any]]:
@@ -209,12 +215,21 @@ class MultimodalPredictor:
         With ``reasoning`` (a self-trained model only) each question asks for a rationale: ``answer`` is the text
         after ``Answer:`` (empty when the completion does not parse), ``reasoning`` and ``completion`` beside it.
         """
+        return self.predict_records(questions, [str(path) for path in paths], [self.record_inputs(p) for p in paths],
+                                    settings, options, batch_size, option_batch_size, reasoning)
+
+    def predict_records(self, questions: list[str], names: list[str], records: list[list[dict[str, list[Signal]]]],
+                        settings: GenerationSettings | None = None, options: list[list[str] | None] | None = None,
+                        batch_size: int = 16, option_batch_size: int = 32,
+                        reasoning: bool = False) -> list[dict[str, Any]]:
+        """``predict_files`` on records already read (``record_inputs``), each named by ``names`` (its windows' ids):
+        the server reads uploads before they join a batch, so a bad file fails its own request only."""
         if reasoning and not self.reasoning:
             raise ValueError("this model was not self-trained (selftrain.py): it has no reasoning instruction to ask with")
-        options = options or [None] * len(paths)
+        options = options or [None] * len(records)
         asked = [ask_for_reasoning(q, self.reasoning["instruction"]) for q in questions] if reasoning else questions
-        jobs = [(row, question, inputs) for row, (question, path) in enumerate(zip(asked, paths))
-                for inputs in self.record_inputs(path)]  # one job per evaluation view of the record
+        jobs = [(row, question, inputs) for row, (question, views) in enumerate(zip(asked, records))
+                for inputs in views]  # one job per evaluation view of the record
         generated: list[list[str]] = []
         for start in range(0, len(jobs), batch_size):
             chunk = jobs[start : start + batch_size]
@@ -223,9 +238,9 @@ class MultimodalPredictor:
         for k, (row, _, _) in enumerate(jobs):
             by_row.setdefault(row, []).append(k)
         results = []
-        for row, (question, path) in enumerate(zip(questions, paths)):
+        for row, (question, name) in enumerate(zip(questions, names)):
             mine = by_row[row]
-            windows = [{"id": f"{path}{CROP_SEPARATOR}{n}", "answer": generated[k][0]} for n, k in enumerate(mine)]
+            windows = [{"id": f"{name}{CROP_SEPARATOR}{n}", "answer": generated[k][0]} for n, k in enumerate(mine)]
             for window in windows if reasoning else ():
                 parsed = parse_rationale(window["answer"])
                 window["completion"], window["reasoning"] = window["answer"], parsed.reasoning if parsed else None
