@@ -55,7 +55,12 @@ def predict(cfg: DictConfig, predictor: MultimodalPredictor | None = None) -> li
         raise ValueError("give exactly one of input=<file> or manifest=<csv>")
     predictor = predictor or load(cfg.ckpt, cfg.device, cfg.llm_cache_dir, cfg.trust_remote_code,
                                   tuple(cfg.trusted_modules))
-    reasoning = predictor.asks_for_reasoning(cfg.rationale)
+    # reasoning=sample | uncertainty_search samples answers to the plain question (their entropy is over answer
+    # classes): a self-trained model is then asked plainly under rationale=auto, and rationale=true is refused.
+    if cfg.reasoning != "none" and cfg.rationale is True:
+        raise ValueError(f"reasoning={cfg.reasoning} samples answers to the plain question: rationale=true cannot go "
+                         f"with it (rationale=auto asks a self-trained model plainly)")
+    reasoning = predictor.asks_for_reasoning(cfg.rationale) and cfg.reasoning == "none"
     settings = predictor.generation_settings(OmegaConf.to_container(cfg.generation, resolve=True), reasoning)
     if cfg.manifest is not None:
         rows = read_manifest(Path(cfg.manifest))
@@ -70,8 +75,8 @@ def predict(cfg: DictConfig, predictor: MultimodalPredictor | None = None) -> li
                                           [r["options"] for r in rows], cfg.batch_size, cfg.option_batch_size,
                                           reasoning=reasoning)
     else:  # sampled answers and, when they disagree, retrieval (mmmed/reasoning/api.py)
-        if reasoning or any(r["options"] for r in rows):
-            raise ValueError(f"reasoning={cfg.reasoning} answers the plain question: set rationale=false and give no options")
+        if any(r["options"] for r in rows):
+            raise ValueError(f"reasoning={cfg.reasoning} scores no options: give none, or use reasoning=none")
         results = reason(predictor, [r["question"] for r in rows], [r["input"] for r in rows], cfg.reasoning,
                          OmegaConf.to_container(cfg.search, resolve=True))
     output = Path(cfg.output)

@@ -54,11 +54,12 @@ def build_server(cfg: DictConfig, predictor: MultimodalPredictor | None = None) 
         private_dir=private_dir, limits=UploadLimits(max_bytes=max_bytes, max_files=cfg.uploads.max_files),
         batching=Batching(**cfg.batching), generation=OmegaConf.to_container(cfg.generation, resolve=True),
         rationale=cfg.rationale, reasoning=cfg.reasoning, search=OmegaConf.to_container(cfg.search, resolve=True),
-        option_batch_size=cfg.option_batch_size, timeout_s=cfg.timeout_s)
+        option_batch_size=cfg.option_batch_size, timeout_s=cfg.timeout_s, read_workers=cfg.workers)
     from mmmed.serve.page import build_page, mount_page  # imports gradio: after its settings above
 
     # A multipart body carries the files plus its boundaries and fields: a little over the files' limit.
-    api = build_api(service, max_request_bytes=max_bytes + 2**20, workers=cfg.workers)
+    api = build_api(service, max_request_bytes=max_bytes + 2**20,
+                    max_in_flight=cfg.batching.max_queue + cfg.batching.max_batch)
     app = mount_page(api, build_page(service, cfg.page.concurrency, cfg.page.delete_after_s), max_file_bytes=max_bytes)
     return Server(app, service, private_dir)
 
@@ -69,6 +70,9 @@ def main(cfg: DictConfig) -> None:
     import uvicorn
 
     server = build_server(cfg)
+    # Every temporary file of this process inside the private folder too: Starlette spools uploads over 1 MB to one.
+    (server.private_dir / "tmp").mkdir()
+    tempfile.tempdir = str(server.private_dir / "tmp")
     log.info("serving %s at http://%s:%d (API: /v1, schema: /openapi.json)", cfg.ckpt, cfg.host, cfg.port)
     try:
         uvicorn.run(server.app, host=cfg.host, port=cfg.port, log_level="info")

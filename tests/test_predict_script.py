@@ -86,3 +86,15 @@ def test_predict_answers_an_untagged_question_as_the_tagged_one(tiny_run, tmp_pa
     wrong = "<ecg> then <ecg>: which is faster?"  # two tags for one ECG: still refused, naming the counts
     with pytest.raises(ValueError, match=r"2 '<ecg>' tag\(s\) but the sample carries 1 ecg signal\(s\)"):
         predictor.answer(wrong, record)
+
+
+def test_reasoning_modes_refuse_rationale_true_and_options(tiny_run, tmp_path):
+    run, record = tiny_run
+    predictor = load(run)
+    base = [f"ckpt={run}", f"input={record}", "pictures=false", "reasoning=sample"]
+    cfg = compose_app("predict", [*base, "rationale=true"], tmp_path / "a", resolve=True)
+    with pytest.raises(ValueError, match="reasoning=sample samples answers to the plain question: rationale=true"):
+        predict_script.predict(cfg, predictor)
+    cfg = compose_app("predict", [*base, "options=[Yes.,No.]"], tmp_path / "b", resolve=True)
+    with pytest.raises(ValueError, match="reasoning=sample scores no options"):
+        predict_script.predict(cfg, predictor)

@@ -242,3 +242,23 @@ def test_dicom_header_identifiers_never_leave_the_server(served, tmp_path, caplo
                 if needle.encode() in blob]
     logged = caplog.text + "".join(capfd.readouterr())
     assert found_in_text(logged) == []
+
+
+def test_one_patients_ecg_and_chest_film_are_answered_together(tmp_path):
+    """The committed two-modality model (tests/data/mmmed_flat_layout): its ECG and film in one request score the
+    options as that model scored them when it was saved, and answer as predict.py does."""
+    flat = Path(__file__).resolve().parent / "data" / "mmmed_flat_layout"
+    expected = json.loads((flat / "expected.json").read_text())
+    ckpt = flat / "patient_tiny.ckpt"
+    predictor = load(ckpt)
+    cfg = compose_app("serve", [f"ckpt={ckpt}", f"private_dir={tmp_path}"], tmp_path / "hydra", resolve=True)
+    files = [(name, (flat / name).read_bytes()) for name in ("ecg.hea", "ecg.dat", "cxr.dcm")]
+    with live_server(cfg, predictor) as (url, _):
+        card = httpx.get(f"{url}/v1/model").json()
+        body = post(url, files, {"question": expected["question"], "options": expected["options"]}).json()
+        alone = post(url, files, {"question": expected["question"]}).json()
+    assert list(card["modalities"]) == ["ecg", "xray"]
+    for option in expected["options"]:  # the saved model's own log-likelihoods; 1e-5 as in tests/mmmed/infer/test_legacy.py
+        assert body["options"][option]["logprob"] == pytest.approx(expected["logprobs"][option], abs=1e-5)
+    record = "|".join(str(flat / name) for name in expected["files"])
+    assert alone["answer"] == predictor.predict_files([expected["question"]], [record])[0]["answer"]

@@ -21,7 +21,7 @@ from pathlib import Path
 from mmmed.knowledge.bm25_index import KnowledgeIndex
 from mmmed.knowledge.cases import CaseIndex, case_passages, record_embeddings
 from mmmed.model.generation import GenerationSettings
-from mmmed.reasoning.sampling import allow_longer_prompts, model_queries, sampled_answers
+from mmmed.reasoning.sampling import longer_prompts, model_queries, sampled_answers
 from mmmed.reasoning.search import QUERY_INSTRUCTION, SearchSettings, UncertaintyGuidedSearch
 from mmmed.reasoning.uncertainty import AnswerKey
 
@@ -38,7 +38,12 @@ def reason(predictor, questions: list[str], sources: list, mode: str, search: Ma
         raise ValueError(f"search.threshold must be a number of bits here, not {search['threshold']!r} "
                          "(eval.py ... reasoning=uncertainty_search calibrates one on validation: reasoning.json)")
     records = [_record(predictor, source) for source in sources]
-    allow_longer_prompts(predictor, search["max_prompt_tokens"])
+    with longer_prompts(predictor, search["max_prompt_tokens"]):
+        return _reason(predictor, questions, records, mode, search, index)
+
+
+def _reason(predictor, questions: list[str], records: list, mode: str, search: Mapping,
+            index: KnowledgeIndex | None) -> list[dict]:
     generation = GenerationSettings(max_new_tokens=search.get("max_new_tokens") or predictor.config["max_new_tokens"],
                                     do_sample=True, temperature=search["temperature"], top_p=search["top_p"],
                                     num_samples=search["num_samples"], use_cache=True)

@@ -20,12 +20,15 @@ of the samples as the confidence).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable
 
 from mmmed.reasoning.metrics import accuracy_with_ci, error_auroc, expected_calibration_error, risk_coverage
 from mmmed.reasoning.search import SearchResult, SearchSettings, UncertaintyGuidedSearch
 from mmmed.reasoning.uncertainty import AnswerKey, answer_entropy, calibrate_threshold, majority
+
+log = logging.getLogger(__name__)
 
 ROWS = ("none", "sample", "always", "uncertainty", "random_trigger", "placebo")
 TRIGGER_OF_ROW = {"always": "always", "uncertainty": "uncertainty", "random_trigger": "random", "placebo": "placebo"}
@@ -66,6 +69,7 @@ def measure(questions: Questions, greedy: Callable[[list[str], list], list[str]]
     none_keys = [key(a) for a in greedy_answers]
     rows["none"] = _row([k == y for k, y in zip(none_keys, questions.labels)], 0.0, 0.0, seconds, num_bootstrap,
                         confidence)
+    log.info("row none: accuracy %.3f, %.2f s/question", rows["none"]["accuracy"], seconds)
     per_question["none"] = [{"answer": a, "answer_key": k} for a, k in zip(greedy_answers, none_keys)]
 
     first_keys = [[key(c) for c in samples] for samples in first]
@@ -88,6 +92,8 @@ def measure(questions: Questions, greedy: Callable[[list[str], list], list[str]]
         rate = sum(r.retrieved for r in results) / len(results)
         rows[row] = _row(correct, rate, sum(r.rounds for r in results) / len(results), seconds, num_bootstrap,
                          confidence)
+        log.info("row %s: accuracy %.3f, retrieval rate %.2f, %.2f s/question", row, rows[row]["accuracy"], rate,
+                 seconds)
         per_question[row] = [r.to_json() for r in results]
         if row == "uncertainty":
             uncertainty_rate = rate

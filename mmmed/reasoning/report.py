@@ -16,7 +16,7 @@ from mmmed.knowledge.bm25_index import KnowledgeIndex
 from mmmed.knowledge.cases import CaseIndex, case_passages, record_embeddings
 from mmmed.model.generation import GenerationSettings
 from mmmed.reasoning.measure import ROWS, Questions, calibrate, measure
-from mmmed.reasoning.sampling import allow_longer_prompts, greedy_answers, model_queries, sampled_answers
+from mmmed.reasoning.sampling import greedy_answers, longer_prompts, model_queries, sampled_answers
 from mmmed.reasoning.search import QUERY_INSTRUCTION, SearchSettings
 from mmmed.reasoning.uncertainty import AnswerKey
 
@@ -51,8 +51,13 @@ def run_reasoning_eval(mode: str, search_cfg: Mapping, predictor, test: Question
     """The table for ``mode`` (``sample``: none and sample rows; ``uncertainty_search``: every row)."""
     if mode not in MODES[1:]:
         raise ValueError(f"reasoning must be one of {MODES}, not {mode!r}")
+    with longer_prompts(predictor, search_cfg["max_prompt_tokens"]):
+        return _run_reasoning_eval(mode, search_cfg, predictor, test, val, answer_classes, max_new_tokens, out_dir)
+
+
+def _run_reasoning_eval(mode: str, search_cfg: Mapping, predictor, test: Questions, val: Questions | None,
+                        answer_classes: Mapping[str, str], max_new_tokens: int, out_dir: Path) -> dict:
     key = AnswerKey(answer_classes)
-    allow_longer_prompts(predictor, search_cfg["max_prompt_tokens"])
     generation = GenerationSettings(max_new_tokens=search_cfg["max_new_tokens"] or max_new_tokens, do_sample=True,
                                     temperature=search_cfg["temperature"], top_p=search_cfg["top_p"],
                                     num_samples=search_cfg["num_samples"], use_cache=True)
@@ -66,8 +71,12 @@ def run_reasoning_eval(mode: str, search_cfg: Mapping, predictor, test: Question
         if search_cfg["threshold"] == "calibrate":
             if val is None:
                 raise ValueError("search.threshold=calibrate needs the validation split")
+            log.info("calibrating the threshold: %d validation questions x %d samples", len(val.questions),
+                     generation.num_samples)
             val_first = sample(val.questions, val.records)
             threshold = calibrate(val_first, key, search_cfg["target_rate"])
+            log.info("threshold %.3f bits (validation retrieval rate %.2f)", threshold["threshold"],
+                     threshold["val_rate"])
         else:
             threshold = {"threshold": float(search_cfg["threshold"]), "calibrated": False}
     report["threshold"] = threshold
@@ -79,6 +88,7 @@ def run_reasoning_eval(mode: str, search_cfg: Mapping, predictor, test: Question
     settings = SearchSettings(threshold=threshold["threshold"], max_rounds=search_cfg["max_rounds"],
                               max_queries=search_cfg["max_queries"], top_k=search_cfg["top_k"],
                               queries=search_cfg["queries"], seed=search_cfg["seed"], cases_k=cases_k)
+    log.info("round 0: %d test questions x %d samples", len(test.questions), generation.num_samples)
     first = sample(test.questions, test.records)
     writer = model_queries(predictor, QUERY_INSTRUCTION, search_cfg["batch_size"]) if search_cfg["queries"] == "model" else None
     measured = measure(test, greedy, sample, index, key, settings, first, search_cfg["num_bootstrap"],

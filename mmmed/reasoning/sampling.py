@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
 from mmmed.model.generation import GenerationSettings
 
 
-def allow_longer_prompts(predictor, max_prompt_tokens: int) -> None:
-    """Let prompts with retrieved passages reach ``max_prompt_tokens`` (training's ``max_length`` is a limit on
-    training sequences; a longer prompt at inference is still refused beyond this, never truncated)."""
-    predictor.formatter.max_length = max(predictor.formatter.max_length, int(max_prompt_tokens))
+@contextmanager
+def longer_prompts(predictor, max_prompt_tokens: int) -> Iterator[None]:
+    """While inside, prompts with retrieved passages may reach ``max_prompt_tokens`` (training's ``max_length`` is a
+    limit on training sequences; a longer prompt is still refused beyond this, never truncated). The predictor's
+    own limit is back on exit, so its plain answers afterwards are checked as before."""
+    before = predictor.formatter.max_length
+    predictor.formatter.max_length = max(before, int(max_prompt_tokens))
+    try:
+        yield
+    finally:
+        predictor.formatter.max_length = before
 
 
 def sampled_answers(predictor, settings: GenerationSettings, batch_size: int, seed: int) -> Callable:

@@ -44,9 +44,10 @@ def parse_request(text: str) -> AnswerRequest:
         raise UploadError(f'the request field must be JSON like {{"question": "..."}}: {problem}') from None
 
 
-def build_api(service: AnswerService, max_request_bytes: int, workers: int) -> FastAPI:
-    """The FastAPI app serving ``service`` (the web page is mounted on it by ``mmmed.serve.page``); ``workers``
-    threads read uploads at once (the model itself answers on the queue's one thread)."""
+def build_api(service: AnswerService, max_request_bytes: int, max_in_flight: int) -> FastAPI:
+    """The FastAPI app serving ``service`` (the web page is mounted on it by ``mmmed.serve.page``). Each request
+    waits for its answer in a thread of its own, ``max_in_flight`` at most: enough for a full queue and a batch,
+    so that concurrent questions can fill a batch (the model answers on the queue's one thread)."""
     limiter: list[anyio.CapacityLimiter] = []  # made in the event loop, on the first request
     app = FastAPI(title="mmmed", summary="Answers about a patient's ECG and chest X-ray files from a trained model",
                   docs_url=None, redoc_url=None)
@@ -91,7 +92,7 @@ def build_api(service: AnswerService, max_request_bytes: int, workers: int) -> F
             await upload.close()
         try:
             if not limiter:
-                limiter.append(anyio.CapacityLimiter(workers))
+                limiter.append(anyio.CapacityLimiter(max_in_flight))
             return await anyio.to_thread.run_sync(service.answer, contents, asked.question, asked.options,
                                                   asked.picture, limiter=limiter[0])
         except QueueFull as error:

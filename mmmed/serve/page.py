@@ -4,16 +4,20 @@ The page calls the same :class:`~mmmed.serve.service.AnswerService` as the API, 
 predict.py's). Gradio stores an upload in its own temporary folder (``GRADIO_TEMP_DIR``, which serve.py points
 inside the server's private folder) before the handler sees it: the handler reads each file and deletes it at
 once, and ``delete_cache`` removes what a visitor uploaded and never asked about. Pictures go back inline (a data
-URL), so no answer leaves a file behind. Nothing is fetched from the internet: no analytics, system fonts only.
+URL), so no answer leaves a file behind. Gradio's multipart parser also leaves an empty placeholder file per upload
+(no content: the data went to the copy the handler deletes); ``delete_cache`` removes those. Nothing is fetched
+from the internet: no analytics, system fonts only.
 """
 
 from __future__ import annotations
 
 import html
 import os
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
 
+from mmmed.serve.batching import QueueFull
 from mmmed.serve.service import AnswerService
 from mmmed.serve.uploads import UploadError
 
@@ -79,15 +83,17 @@ def build_page(service: AnswerService, concurrency: int, delete_after_s: int) ->
     """The page over ``service``: ``concurrency`` visitors' questions go to the batching queue at once."""
     card = service.model_card()
     trained = card["trained_questions"]
-    modalities = ", ".join(f"{name} ({m['tag']})" for name, m in card["modalities"].items())
+    modalities = ", ".join(f"{name} (`{m['tag']}`)" for name, m in card["modalities"].items())  # code: not an HTML tag
 
     def ask(paths: list[str] | None, question: str, options_text: str) -> tuple[str, str, str]:
         files = _take(paths)
         options = [line for line in (options_text or "").splitlines() if line.strip()] or None
         try:
             response = service.answer(files, question, options, picture=True)
-        except UploadError as error:
+        except (UploadError, QueueFull) as error:
             raise gr.Error(str(error), title="Cannot answer") from None
+        except FutureTimeout:
+            raise gr.Error(f"no answer within {service.timeout_s} s: the server is busy, try again", title="Timed out") from None
         return response["answer"] or "(no answer found)", details_markdown(response), pictures_html(response["pictures"])
 
     # delete_cache: every `frequency` s, what Gradio stored longer than `age` s ago goes (uploads never asked about)

@@ -30,6 +30,18 @@ MIN_LENGTH = 3  # shorter values ("M", "Y", "1") would blank ordinary words of a
 REDACTED = "[header value]"
 
 
+DICOM_SUFFIXES = {".dcm", ".dicom"}
+
+
+def is_dicom(path: str | Path) -> bool:
+    """A ``.dcm`` file, or one with the DICOM preamble's ``DICM`` marker (a WFDB signal file is neither)."""
+    path = Path(path)
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    with path.open("rb") as handle:
+        return handle.read(132)[128:] == b"DICM"
+
+
 def header_values(path: str | Path) -> set[str]:
     """Every identifying value in a DICOM file's header (person names also by their parts), nested sequences
     included; none when the file is not DICOM."""

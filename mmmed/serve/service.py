@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from mmmed.infer.inference import CONFIG_NAME, RECORD_SEPARATOR, MultimodalPredi
 from mmmed.infer.restore import find_checkpoint
 from mmmed.reasoning.api import MODES, reason
 from mmmed.serve.batching import BatchingQueue, Question
-from mmmed.serve.redact import header_values, redact
+from mmmed.serve.redact import header_values, is_dicom, redact
 from mmmed.serve.uploads import PrivateUploads, UploadError, UploadLimits
 
 log = logging.getLogger(__name__)
@@ -66,25 +67,28 @@ class AnswerService:
         search: conf/predict.yaml's ``search`` block, for the reasoning modes.
         option_batch_size: answer options scored per forward pass.
         timeout_s: how long a request waits for its answer before it fails (HTTP 504).
+        read_workers: requests whose files are saved and read (decoded) at once; the others wait for a turn,
+            while those already queued wait for the model without holding one.
     """
 
     def __init__(self, predictor: MultimodalPredictor, *, model_id: str, checkpoint_sha256: str,
                  private_dir: str | Path, limits: UploadLimits, batching: Batching, generation: Mapping[str, Any],
                  rationale: str | bool = "auto", reasoning: str = "none", search: Mapping[str, Any] | None = None,
-                 option_batch_size: int = 32, timeout_s: float = 300.0) -> None:
+                 option_batch_size: int = 32, timeout_s: float = 300.0, read_workers: int = 4) -> None:
         if reasoning != "none" and reasoning not in MODES:
             raise ValueError(f"reasoning must be one of none, {', '.join(MODES)}, not {reasoning!r}")
         self.predictor = predictor
         self.model_id, self.checkpoint_sha256 = model_id, checkpoint_sha256
         self.private_dir = Path(private_dir)
         self.limits = limits
-        self.rationale = predictor.asks_for_reasoning(rationale)
-        if reasoning != "none" and self.rationale:
-            raise ValueError(f"reasoning={reasoning} samples plain answers: serve this self-trained model with "
-                             f"rationale=false, or with reasoning=none")
+        if reasoning != "none" and rationale is True:  # as predict.py: the samples answer the plain question
+            raise ValueError(f"reasoning={reasoning} samples answers to the plain question: rationale=true cannot go "
+                             f"with it (rationale=auto asks a self-trained model plainly)")
+        self.rationale = predictor.asks_for_reasoning(rationale) and reasoning == "none"
         self.settings = predictor.generation_settings(dict(generation), self.rationale)
         self.reasoning, self.search = reasoning, dict(search or {})
         self.option_batch_size, self.timeout_s = option_batch_size, timeout_s
+        self.reading = threading.BoundedSemaphore(read_workers)
         self.queue = BatchingQueue(self._run_batch, batching.max_batch, batching.max_wait_ms / 1000,
                                    batching.max_queue)
         self.started = time.time()
@@ -131,14 +135,10 @@ class AnswerService:
         if options is not None and self.reasoning != "none":
             raise UploadError(f"this server answers with reasoning={self.reasoning}, which scores no options")
         with PrivateUploads(self.private_dir, self.limits) as uploads:
-            paths = uploads.save(files)
-            source = RECORD_SEPARATOR.join(str(p) for p in paths)
-            try:
-                inputs = self.predictor.record_inputs([str(p) for p in paths])
-            except Exception as error:  # noqa: BLE001 - the uploaded files are unreadable: the client's problem
-                values = set().union(*(header_values(p) for p in uploads.folder.iterdir()))  # type: ignore[union-attr]
-                message = redact(uploads.relative(str(error)), values)
-                raise UploadError(f"the files cannot be read: {message}", 422) from None
+            with self.reading:
+                paths = uploads.save(files)
+                source = RECORD_SEPARATOR.join(str(p) for p in paths)
+                inputs = self._read(uploads, paths)
             read = time.perf_counter()
             item = Question(question, name="upload", inputs=inputs, path=source, options=options)
             future = self.queue.submit(item)
@@ -152,6 +152,15 @@ class AnswerService:
                                "model_s": round(answered - item.started_at, 4), "total_s": round(done - started, 4)}
         log.info("answered in %.2f s", done - started)  # nothing about the files or the question
         return response
+
+    def _read(self, uploads: PrivateUploads, paths: list[Path]) -> list[dict[str, Any]]:
+        """The record's encoder inputs; a file that cannot be read is the client's 422, with no header value in it."""
+        try:
+            return self.predictor.record_inputs([str(p) for p in paths])
+        except Exception as error:  # noqa: BLE001 - the uploaded files are unreadable: the client's problem
+            dicoms = [p for p in uploads.folder.iterdir() if is_dicom(p)]  # type: ignore[union-attr]
+            message = redact(uploads.relative(str(error)), set().union(*(header_values(p) for p in dicoms)))
+            raise UploadError(f"the files cannot be read: {message}", 422) from None
 
     def _response(self, result: dict[str, Any]) -> dict[str, Any]:
         """The JSON an answer gets: the same keys predict.py writes, without file names."""
